@@ -1,0 +1,204 @@
+"""Training engine end to end on the CPU: the papermill main job, torchrun/DDP, exact resume after SIGKILL,
+bad inputs (CLI exit 2 + one line, no results.json), and one epoch on large-class-count trees in the real formats."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ala_paper.fixtures import fixture_counts, make_inat_tree, make_split_list_tree
+from ala_paper.train import CHECKPOINT, project_root, resolve_params, train
+
+ROOT = project_root()
+ENV = {**os.environ, 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'), 'PYTHONUNBUFFERED': '1'}
+ENV.pop('IN_TEST', None)
+CLI = [sys.executable, '-m', 'ala_paper.train']
+GROUPS = {'all', 'many', 'medium', 'few'}
+
+
+def cli(*args, cwd=None, timeout=300):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
+
+
+def results(d):
+    return json.loads((Path(d) / 'results.json').read_text())
+
+
+def check_results(r, epochs):
+    C = len(r['class_counts'])
+    assert len(r['class_names']) == len(r['per_class_acc']) == C
+    assert set(r['top1']) == GROUPS and [h['epoch'] for h in r['history']] == list(range(1, epochs + 1))
+    assert len(r['test_targets']) == len(r['true_class_prob']) and all(0 <= p <= 1 for p in r['true_class_prob'])
+    for k in ('params', 'dataset', 'loss', 'meta', 'seconds', 'images_per_second', 'env'):
+        assert k in r, k
+    assert {'python', 'torch', 'device', 'world_size', 'git_commit'} <= set(r['env'])
+
+
+# --- the main job ------------------------------------------------------------------------------------
+
+def test_papermill_default_run_from_another_cwd(tmp_path):
+    "The real default (synthetic-lt + ALA, full preset), as a user runs it, from a directory outside the repo."
+    import papermill as pm
+    out = tmp_path / 'run'
+    t0 = time.time()
+    subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'train.ipynb'), str(tmp_path / 'out.ipynb'),
+                    '-p', 'out_dir', str(out)], check=True, cwd=tmp_path, env=ENV, capture_output=True, timeout=900)
+    wall = time.time() - t0
+    r = results(out)
+    check_results(r, r['params']['epochs'])
+    assert r['dataset'] == 'synthetic-lt' and r['loss'] == 'ala' and r['params']['arch'] == 'resnet8'
+    assert r['params']['epochs'] == 30 and r['params']['cosine'] and r['env']['world_size'] == 1
+    assert all(r['top1'][g] is not None for g in GROUPS)
+    assert r['top1']['all'] > 100 / len(r['class_counts']) + 10          # it learned something
+    assert set(r['history'][-1]['factors']) == {'many', 'medium', 'few'}
+    assert r['history'][-1]['drw'] and not r['history'][0]['drw']
+    assert sum(r['meta']['count']) == sum(r['class_counts'])
+    nb = json.loads((tmp_path / 'out.ipynb').read_text())
+    assert sum(len(json.dumps(c.get('outputs', []))) for c in nb['cells']) < 400_000   # small outputs
+    print(f"\ndefault papermill run: {wall:.0f} s wall, train() {r['seconds']:.0f} s, {r['images_per_second']:.0f} img/s")
+
+
+def test_default_out_dir_is_in_the_project_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_params()['out_dir'] == str(ROOT / 'runs' / 'default')
+
+
+def test_notebook_raises_the_same_error(tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match="unknown loss 'hinge'; choose one of: ce"):
+        pm.execute_notebook(str(ROOT / 'nbs' / 'train.ipynb'), str(tmp_path / 'o.ipynb'), cwd=str(tmp_path),
+                            parameters=dict(loss='hinge', out_dir=str(tmp_path / 'run')), progress_bar=False, kernel_name='python3')
+    assert not (tmp_path / 'run').exists()
+
+
+# --- several processes ---------------------------------------------------------------------------------
+
+def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
+    out = tmp_path / 'ddp'
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        '-m', 'ala_paper.train', '--epochs', '2', '--out_dir', str(out), '--quiet'],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json']
+    res = results(out)
+    check_results(res, 2)
+    assert res['env']['world_size'] == 2 and res['params']['world_size'] == 2
+    n_test = len(res['meta']['count']) * res['meta']['test_per_class']
+    assert len(res['test_targets']) == n_test                           # every test image once, none twice
+    assert res['test_targets'] == sorted(res['test_targets'])            # in dataset order
+    assert res['history'][0]['images'] >= sum(res['class_counts'])
+
+
+# --- exact resume --------------------------------------------------------------------------------------
+
+RESUME_ARGS = ['--epochs', '3', '--warmup_epochs', '1', '--milestones', '2', '--drw_epoch', '1', '--workers', '1', '--quiet']
+
+
+def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_path):
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    r = cli(*RESUME_ARGS, '--out_dir', a)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = subprocess.Popen([*CLI, *RESUME_ARGS, '--out_dir', str(b)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while not (b / CHECKPOINT).exists():
+            assert p.poll() is None and time.time() - t0 < 300, 'run ended before its first checkpoint'
+            time.sleep(0.01)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        if p.poll() is None: p.kill()
+    assert p.returncode == -signal.SIGKILL
+    assert not (b / 'results.json').exists(), 'the run finished before it was killed: the test proves nothing'
+    killed_at = torch.load(b / CHECKPOINT, weights_only=True)['epoch']
+    assert 1 <= killed_at < 3
+    r = cli(*RESUME_ARGS, '--out_dir', b, '--resume')
+    assert r.returncode == 0, r.stderr[-2000:]
+    ra, rb = results(a), results(b)
+    assert ra['per_class_acc'] == rb['per_class_acc'] and ra['top1'] == rb['top1']
+    assert ra['true_class_prob'] == rb['true_class_prob']
+    strip = lambda h: [{k: v for k, v in e.items() if k != 'seconds'} for e in h]
+    assert strip(ra['history']) == strip(rb['history'])
+    wa, wb = (torch.load(d / CHECKPOINT, weights_only=True)['model'] for d in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_other_parameters_is_refused(tmp_path):
+    train(epochs=1, out_dir=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match="made with loss='ala', not 'ldam'"):
+        train(epochs=2, loss='ldam', out_dir=tmp_path, resume=True, verbose=False)
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+BAD = {
+    'unknown dataset': (['--dataset', 'mnist'], "unknown dataset 'mnist'; choose one of: synthetic-lt, cifar10-lt"),
+    'unknown loss': (['--loss', 'hinge'], "unknown loss 'hinge'; choose one of: ce, focal, cb, ldam"),
+    'unknown arch': (['--arch', 'vgg16'], "unknown arch 'vgg16'; choose one of: resnet8"),
+    'epochs < 1': (['--epochs', '0'], "epochs must be an integer >= 1"),
+    'batch size < 1': (['--batch_size', '0'], "batch_size must be an integer >= 1"),
+    'resume without checkpoint': (['--resume'], "resume=True but there is no checkpoint.pt"),
+    'no data_root': (['--dataset', 'imagenet-lt'], "imagenet-lt needs data_root"),
+    'missing data_root': (['--dataset', 'places-lt', '--data_root', '{tmp}/nowhere'], "does not exist"),
+    'missing list file': (['--dataset', 'imagenet-lt', '--data_root', '{tmp}'], "not found"),
+    'split-list without lists': (['--dataset', 'split-list', '--data_root', '{tmp}'], "split-list needs train_list and test_list"),
+    'missing pretrained file': (['--pretrained', '{tmp}/w.pt'], "pretrained weights file not found"),
+    'unknown option': (['--colour', 'red'], "unrecognized arguments: --colour"),
+}
+
+
+def _args(case, tmp_path):
+    args, msg = BAD[case]
+    args = [a.replace('{tmp}', str(tmp_path)) for a in args] + ([] if '--epochs' in args else ['--epochs', '1'])
+    return [*args, '--out_dir', str(tmp_path / 'run')], msg
+
+
+@pytest.mark.parametrize('case', list(BAD))
+def test_bad_input_cli_main(tmp_path, capsys, case):
+    "Every bad input through the CLI entry point, in-process: exit 2, one line `error: ...`, nothing written."
+    from ala_paper.train import main
+    args, msg = _args(case, tmp_path)
+    with pytest.raises(SystemExit) as e: main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith('error: ') and msg in err, err
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('case', ['unknown dataset', 'epochs < 1', 'resume without checkpoint', 'missing list file'])
+def test_bad_input_real_process(tmp_path, case):
+    "The same as a real `python -m ala_paper.train` process: status 2, one line on stderr, no traceback, no files."
+    args, msg = _args(case, tmp_path)
+    r = cli(*args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ') and msg in lines[0], r.stderr
+    assert not (tmp_path / 'run').exists()
+
+
+def test_bad_input_raises_same_message_in_python(tmp_path):
+    for kw, msg in [(dict(dataset='mnist'), "unknown dataset 'mnist'"), (dict(epochs=0), "epochs must be an integer >= 1"),
+                    (dict(arch='vgg16'), "unknown arch 'vgg16'"), (dict(resume=True), "no checkpoint.pt")]:
+        with pytest.raises(ValueError, match=msg):
+            train(out_dir=tmp_path / 'run', **kw)
+    assert not (tmp_path / 'run').exists()
+
+
+# --- real formats, real class counts ---------------------------------------------------------------------
+
+FAST = ['--arch', 'resnet8', '--epochs', '1', '--batch_size', '256', '--transform', 'cifar', '--workers', '0', '--quiet']
+
+
+@pytest.mark.parametrize('dataset,num_classes', [('imagenet-lt', 1000), ('places-lt', 365), ('inat2018', 8142)])
+def test_one_epoch_on_large_class_trees(tmp_path, dataset, num_classes):
+    data = tmp_path / 'data'
+    counts = [150, 40] + [1] * (num_classes - 2)          # many, medium, and the rest few-shot
+    if dataset == 'inat2018': make_inat_tree(data, num_classes, counts)
+    else: make_split_list_tree(data, dataset, num_classes, counts)
+    r = cli('--dataset', dataset, '--data_root', data, '--out_dir', tmp_path / 'run', '--loss', 'ala', *FAST, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = results(tmp_path / 'run')
+    check_results(res, 1)
+    assert len(res['class_counts']) == num_classes and res['class_counts'] == counts
+    assert all(res['top1'][g] is not None for g in GROUPS)
+    assert len(res['test_targets']) == num_classes and None not in res['per_class_acc']
+    assert set(res['history'][0]['factors']) == {'many', 'medium', 'few'}
