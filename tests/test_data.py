@@ -233,3 +233,11 @@ def test_transform_override():
 def test_fixture_counts_span_groups():
     for C in (1000, 365, 8142):
         assert all(groups_nonempty(fixture_counts(C)).values())
+
+
+def test_shared_file_fixtures_keep_list_counts(tmp_path):
+    counts = make_inat_tree(tmp_path/'inat', num_classes=20, share_files=True)
+    d = load_dataset('inat2018', tmp_path/'inat', transform='cifar')
+    assert d.class_counts == counts and len(list((tmp_path/'inat').rglob('*.jpg'))) == 20
+    counts = make_split_list_tree(tmp_path/'pl', 'places-lt', num_classes=9, share_files=True)
+    assert load_dataset('places-lt', tmp_path/'pl').class_counts == counts

@@ -32,3 +32,10 @@ def test_true_class_prob():
     cos = torch.tensor([[0.5, 0.4]])
     assert true_class_prob(cos, [1], scale=30).item() == pytest.approx(1 / (1 + math.exp(3)), abs=1e-6)
     assert shot_groups([1, 200])['many'].tolist() == [1]
+
+
+def test_group_accuracy_by_attribute():
+    from ala_paper.metrics import group_accuracy_by
+    r = group_accuracy_by([90.0, 10.0, 70.0, None], [500, 500, 3, 3], ['hard', 'easy', 'hard', 'easy'])
+    assert r['hard'] == {'all': 80.0, 'many': 90.0, 'medium': None, 'few': 70.0}
+    assert r['easy'] == {'all': 10.0, 'many': 10.0, 'medium': None, 'few': None}
