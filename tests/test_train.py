@@ -74,12 +74,12 @@ def test_notebook_raises_the_same_error(tmp_path):
 # --- several processes ---------------------------------------------------------------------------------
 
 def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
+    "run_torchrun (what train.ipynb does for nproc > 1) = `python -m torch.distributed.run --nproc_per_node 2 -m ala_paper.train ...`."
+    from ala_paper.train import run_torchrun
     out = tmp_path / 'ddp'
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                        '-m', 'ala_paper.train', '--epochs', '2', '--out_dir', str(out), '--quiet'],
-                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    ret = run_torchrun(2, epochs=2, out_dir=out, verbose=False)
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json']
+    assert ret == results(out)
     res = results(out)
     check_results(res, 2)
     assert res['env']['world_size'] == 2 and res['params']['world_size'] == 2
