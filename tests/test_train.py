@@ -38,7 +38,6 @@ def check_results(r, epochs):
 
 def test_papermill_default_run_from_another_cwd(tmp_path):
     "The real default (synthetic-lt + ALA, full preset), as a user runs it, from a directory outside the repo."
-    import papermill as pm
     out = tmp_path / 'run'
     t0 = time.time()
     subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'train.ipynb'), str(tmp_path / 'out.ipynb'),
