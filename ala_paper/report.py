@@ -7,15 +7,16 @@ from __future__ import annotations
 import json, math, zlib
 from pathlib import Path
 import numpy as np, pandas as pd
+from .losses import ALA_FAMILY, plot_figure2, quantity_factor, ldam_margins
+from .metrics import SHOT_GROUPS, shot_group as shot_of
 from .sweep import TABLES, project_root
 
 # %% auto #0
-__all__ = ['METRICS', 'ALA_FAMILY', 'RECIPE_KEYS', 'ARCH_OF', 'BENCH_ROWS', 'PAPER_TITLES', 'OTHER_DATASETS', 'COLORS', 'LABELS',
-           'GROUPS', 'paper_csv', 'load_paper', 'printed_table', 'shot_of', 'fake_results', 'write_fake_runs',
-           'load_runs', 'mean_std', 'fmt_ms', 'fmt_diff', 'row_runs', 'paper_vs_ours', 'benchmark_table', 'to_markdown',
-           'paper_markdown', 'benchmark_markdown', 'write_table', 'build_tables', 'set_style', 'save_figure', 'runs_of',
-           'class_sets', 'fig_per_class', 'fig_qf_vs_ldam', 'fig_true_class_prob', 'factor_history', 'fig_factors',
-           'build_figures']
+__all__ = ['METRICS', 'RECIPE_KEYS', 'ARCH_OF', 'BENCH_ROWS', 'PAPER_TITLES', 'OTHER_DATASETS', 'COLORS', 'LABELS', 'GROUPS',
+           'paper_csv', 'load_paper', 'printed_table', 'fake_results', 'write_fake_runs', 'load_runs', 'mean_std',
+           'fmt_ms', 'fmt_diff', 'row_runs', 'paper_vs_ours', 'benchmark_table', 'to_markdown', 'paper_markdown',
+           'benchmark_markdown', 'write_table', 'build_tables', 'set_style', 'save_figure', 'runs_of', 'class_sets',
+           'fig_per_class', 'fig_qf_vs_ldam', 'fig_true_class_prob', 'factor_history', 'fig_factors', 'build_figures']
 
 # %% ../nbs/06_report.ipynb #c7ef2196
 METRICS = ('many', 'medium', 'few', 'all')
@@ -52,12 +53,6 @@ def printed_table(table: str, paper=None) -> list:
     return lines
 
 # %% ../nbs/06_report.ipynb #3a94a81c
-ALA_FAMILY = ('ala', 'df', 'qf', 'df-ldam')
-
-def shot_of(count: int) -> str:
-    "The paper's shot group of a class with `count` training images (many > 100, medium 20-100, few < 20)."
-    return 'many' if count > 100 else ('few' if count < 20 else 'medium')
-
 def fake_results(loss='ce', seed=0, dataset='synthetic-lt', class_counts=None, arch='resnet8', epochs=3,
                  n_test=10, drw_epoch='auto') -> dict:
     "A contract-conformant results.json dict with made-up numbers (deterministic in loss, seed, dataset)."
@@ -325,7 +320,7 @@ COLORS = {'ce': '#4C72B0', 'ldam': '#DD8452', 'ala': '#55A868', 'df': '#8172B3',
           'df-ldam': '#937860', 'focal': '#DA8BC3', 'logit-adjust': '#8C8C8C', 'balanced-softmax': '#CCB974'}
 LABELS = {'ce': 'CE', 'ldam': 'LDAM', 'ala': 'ALA', 'df': 'DF', 'qf': 'QF', 'df-ldam': 'DF·A_LDAM',
           'focal': 'Focal', 'logit-adjust': 'Logit Adjust', 'balanced-softmax': 'Balanced Softmax'}
-GROUPS = ('many', 'medium', 'few')
+GROUPS = SHOT_GROUPS
 
 def set_style():
     "seaborn's theme for every figure of the report."
@@ -411,25 +406,15 @@ def fig_per_class(rs: dict, losses=('ce', 'ldam', 'ala')):
     return fig
 
 # %% ../nbs/06_report.ipynb #30de9222
-def fig_qf_vs_ldam(class_counts=None, n_min=5, n_max=1280):
-    "Figure 2: `quantity_factor` and `ldam_margins` over class size, from ala_paper.losses."
-    from ala_paper.losses import quantity_factor, ldam_margins
-    n = np.unique(np.geomspace(n_min, n_max, 300).round().astype(int))
-    qf = quantity_factor(n.tolist()).double().numpy(); lm = ldam_margins(n.tolist()).double().numpy()
-    fig, ax = plt.subplots(figsize=(6.2, 4))
-    ax.plot(n, qf, color=COLORS['ala'], lw=2, label='QF = 1 / ln(n / min n + 1)  (ALA, eq. 7)')
-    ax.plot(n, lm, color=COLORS['ldam'], lw=2, label='LDAM margin ∝ n^(-1/4), max 0.5')
-    if class_counts:
-        c = np.array(sorted(class_counts))
-        ax.plot(c, quantity_factor(c.tolist()).double().numpy(), 'o', ms=3, color=COLORS['ala'], alpha=0.6,
-                label=f'QF on the run dataset ({len(c)} classes)')
-        ax.plot(c, ldam_margins(c.tolist()).double().numpy(), 's', ms=3, color=COLORS['ldam'], alpha=0.6,
-                label='LDAM margin on the run dataset')
-    for b in (20, 100): ax.axvline(b, color='0.6', ls='--', lw=0.8)
-    ax.set(xscale='log', xlabel='training images in the class (n, log scale)', ylabel='adjusting term on the target logit',
-           title=f'Figure 2: QF vs LDAM margin (class sizes {n_min}-{n_max})')
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+def fig_qf_vs_ldam(class_counts=None, max_ratio: float = 1000.0):
+    "Figure 2 from `ala_paper.losses.plot_figure2`, with the classes of a run's dataset marked on the left panel."
+    c = np.array(sorted(class_counts), dtype=float) if class_counts else None
+    fig = plot_figure2(max_ratio=max(max_ratio, c[-1] / c[0]) if c is not None else max_ratio)
+    if c is not None:
+        ax = fig.axes[0]
+        ax.plot(c / c[0], quantity_factor(c.tolist()).numpy(), 'o', ms=3.5, color='C3', alpha=0.6, label=f'QF of the {len(c)} classes')
+        ax.plot(c / c[0], ldam_margins(c.tolist()).numpy(), 's', ms=3.5, color='C0', alpha=0.6, label='LDAM margin of the classes')
+        ax.legend(fontsize=7)
     return fig
 
 # %% ../nbs/06_report.ipynb #9803b3b4

@@ -8,9 +8,11 @@ import argparse, ast, json, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .train import project_root
+
 # %% auto #0
 __all__ = ['NO_DRW', 'TABLES', 'CHECKPOINT_GLOBS', 'Row', 'TableSpec', 'table_rows', 'run_dir', 'run_state', 'Planned', 'plan',
-           'project_root', 'train_notebook', 'papermill_command', 'run_papermill', 'sweep', 'main']
+           'train_notebook', 'papermill_command', 'run_papermill', 'sweep', 'main']
 
 # %% ../nbs/05_sweep.ipynb #dac1236d
 @dataclass(frozen=True)
@@ -122,15 +124,6 @@ def plan(table: str, dataset: str = 'synthetic-lt', seeds=(0,), runs_dir='runs',
     return out
 
 # %% ../nbs/05_sweep.ipynb #b7c02b6f
-def project_root() -> Path:
-    "The repository root (the folder with settings.ini above this package), else the current directory."
-    if '__file__' in globals() and (Path(__file__).resolve().parent.parent/'settings.ini').is_file():
-        return Path(__file__).resolve().parent.parent
-    p = Path.cwd().resolve()
-    for q in [p, *p.parents]:
-        if (q/'settings.ini').is_file(): return q
-    return p
-
 def train_notebook() -> Path:
     "The project's `nbs/train.ipynb`."
     return project_root()/'nbs'/'train.ipynb'

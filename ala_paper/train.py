@@ -20,25 +20,22 @@ from tqdm import tqdm
 
 from .data import DATASETS, load_dataset
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss
-from .metrics import group_accuracy, per_class_accuracy, shot_group, true_class_prob
+from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'GROUPS', 'project_root', 'git_commit', 'resolve_params',
-           'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save',
-           'atomic_write_json', 'dist_env', 'train_epoch', 'predict', 'train', 'cli_parser', 'main', 'cli_args',
-           'run_torchrun', 'loop_overhead']
+__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'project_root', 'git_commit', 'resolve_params', 'lr_factor',
+           'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'atomic_write_json',
+           'dist_env', 'train_epoch', 'predict', 'train', 'cli_parser', 'main', 'cli_args', 'run_torchrun',
+           'loop_overhead']
 
 # %% ../nbs/04_train.ipynb #35ea3d68
 def project_root() -> Path:
-    "The repository root: the folder above this package with settings.ini, else the git top-level of the cwd, else the cwd."
+    "The repository root: the folder above this package with settings.ini, else the nearest one above the cwd, else the cwd."
     here = Path(__file__).resolve().parent.parent if '__file__' in globals() else None
     if here is not None and (here / 'settings.ini').is_file(): return here
-    try:
-        top = subprocess.run(['git', 'rev-parse', '--show-toplevel'], capture_output=True, text=True, timeout=5)
-        if top.returncode == 0 and top.stdout.strip(): return Path(top.stdout.strip())
-    except (OSError, subprocess.SubprocessError): pass
-    return Path.cwd()
+    cwd = Path.cwd().resolve()
+    return next((q for q in (cwd, *cwd.parents) if (q / 'settings.ini').is_file()), cwd)
 
 def git_commit(root=None):
     "The current git commit of the project (with '+dirty' when there are uncommitted changes), or None."
@@ -148,12 +145,10 @@ def drw_weight(epoch: int, drw_epoch: int, class_counts, beta: float = 0.9999):
     return class_balanced_weights(class_counts, beta).float()
 
 # %% ../nbs/04_train.ipynb #4d2011ca
-GROUPS = ('many', 'medium', 'few')
-
 class FactorMeter:
     "Running sums of DF, QF, A per shot group (of the target class) over an epoch."
     def __init__(self, class_counts, device):
-        self.group = torch.tensor([GROUPS.index(shot_group(n)) for n in class_counts], device=device)
+        self.group = torch.tensor([SHOT_GROUPS.index(shot_group(n)) for n in class_counts], device=device)
         self.sums = torch.zeros(3, 3, dtype=torch.float64, device=device)   # [group, (df, qf, a)]
         self.counts = torch.zeros(3, dtype=torch.float64, device=device)
 
@@ -169,7 +164,7 @@ class FactorMeter:
         if dist.is_available() and dist.is_initialized(): dist.all_reduce(t)
         sums, counts = t[:9].view(3, 3).cpu(), t[9:].cpu()
         return {g: (dict(zip(('df', 'qf', 'a'), (sums[i] / counts[i]).tolist())) if counts[i] > 0 else None)
-                for i, g in enumerate(GROUPS)}
+                for i, g in enumerate(SHOT_GROUPS)}
 
 # %% ../nbs/04_train.ipynb #fb7f0e65
 def get_rng_state() -> dict:
