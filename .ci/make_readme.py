@@ -42,6 +42,7 @@ def render() -> str:
     exporter.register_preprocessor(NbdevDirectives(), enabled=True)
     body, _ = exporter.from_notebook_node(nb)
     header = "<!-- Generated from nbs/index.ipynb by .ci/make_readme.py: edit the notebook, not this file. -->\n\n"
+    body = re.sub(r"\]\(\.\./", "](", body)   # links relative to nbs/ become relative to the root
     return header + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
 
 
