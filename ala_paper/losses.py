@@ -90,8 +90,8 @@ def _check_inputs(logits: Tensor, target: Tensor, num_classes: int) -> None:
         raise ValueError(f"logits must have shape [batch, {num_classes}] (one column per class), got {list(logits.shape)}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(f"target must have shape [{logits.shape[0]}] (one class index per logit row), got {list(target.shape)}")
-    if target.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must hold int64 class indices (torch.long, as F.cross_entropy), got {target.dtype}: pass target.long()")
     if target.numel():
         lo, hi = torch.stack(torch.aminmax(target)).tolist()
         if lo < 0 or hi >= num_classes:

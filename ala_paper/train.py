@@ -103,6 +103,10 @@ def resolve_params(**kw) -> dict:
         if not isinstance(p[k], (int, float)) or isinstance(p[k], bool) or not math.isfinite(p[k]) or p[k] < lo or (k in ('lr', 'scale', 'gamma') and p[k] == 0):
             raise ValueError(f"{k} must be a {'positive' if k in ('lr', 'scale', 'gamma') else 'non-negative'} number, got {p[k]!r}")
         p[k] = float(p[k])
+    if p['drw_beta'] >= 1: raise ValueError(f"drw_beta must be in [0, 1) (class-balanced weights are 0/0 at 1), got {p['drw_beta']!r}")
+    ir = p['imbalance_ratio']
+    if not isinstance(ir, (int, float)) or isinstance(ir, bool) or not math.isfinite(ir) or ir < 1:
+        raise ValueError(f"imbalance_ratio must be a finite number >= 1 (largest / smallest class), got {ir!r}")
     if isinstance(p['milestones'], str): p['milestones'] = [m for m in p['milestones'].replace(',', ' ').split()]
     try: p['milestones'] = sorted(int(m) for m in p['milestones'])
     except (TypeError, ValueError): raise ValueError(f"milestones must be a list of epoch indices, got {p['milestones']!r}") from None
@@ -260,6 +264,9 @@ def _load_checkpoint(p):
         if k in ck['params'] and ck['params'][k] != p[k]:
             raise ValueError(f"the checkpoint in {p['out_dir']} was made with {k}={ck['params'][k]!r}, not {p[k]!r}: "
                              f"resume with the same parameters or use another out_dir")
+    if int(ck['epoch']) > p['epochs']:
+        raise ValueError(f"the checkpoint in {p['out_dir']} is after epoch {ck['epoch']}, beyond epochs={p['epochs']}: "
+                         f"resume with epochs >= {ck['epoch']} or use another out_dir")
     return ck
 
 def _loss_kw(p):
@@ -292,7 +299,8 @@ def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=
     data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
                         transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'], download=p['download'])
     p['transform'], p['world_size'] = data.transform, world
-    crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
+    try: crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
+    except TypeError as e: raise ValueError(f"loss_kw {p['loss_kw']} does not fit loss {p['loss']!r}: {e}") from None
     random.seed(p['seed']); np.random.seed(p['seed']); torch.manual_seed(p['seed'])
     model = build_model(p['arch'], data.num_classes, cosine=p['cosine'], pretrained=p['pretrained'])
 
@@ -307,7 +315,7 @@ def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=
 
 # %% ../nbs/04_train.ipynb #aba25c41
 def _run(p, data, crit, model, ck, dev, rank, world, t_start):
-    out = Path(p['out_dir'])
+    out, base_weight = Path(p['out_dir']), crit.weight
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not p['resume'] and (out / 'results.json').exists(): (out / 'results.json').unlink()   # stale result of an older run
@@ -345,7 +353,7 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
         t0 = time.time()
         sampler.set_epoch(epoch); gen.manual_seed(p['seed'] * 1_000_003 + epoch)
         w = drw_weight(epoch, p['drw_epoch'], data.class_counts, p['drw_beta'])
-        crit.weight = None if w is None else w.to(dev)
+        crit.weight = base_weight if w is None else w.to(dev)   # the loss's own weights ('cb') until DRW
         meter = FactorMeter(data.class_counts, dev) if has_factors else None
         lr_now = opt.param_groups[0]['lr']
         with tqdm(total=len(sampler) * world, desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True,
@@ -429,7 +437,8 @@ def main(argv=None):
     "Entry point of `python -m ala_paper.train` / `ala-train` / torchrun."
     a = vars(cli_parser().parse_args(argv))
     a['verbose'] = not a.pop('quiet')
-    if a['imbalance_ratio'] == int(a['imbalance_ratio']): a['imbalance_ratio'] = int(a['imbalance_ratio'])
+    r = a['imbalance_ratio']
+    if math.isfinite(r) and r == int(r): a['imbalance_ratio'] = int(r)
     kw = {k: v for k, v in a.items() if v is not None or k in ('pretrained',)}
     try:
         train(**kw)

@@ -38,10 +38,12 @@ def test_checkpoint_wrapped_and_mismatched_files(tmp_path):
         build_model("resnet32", 10, cosine=True, pretrained=tmp_path / "missing.pt")
 
 
-def test_weights_only_refuses_pickled_code(tmp_path):
+def test_weights_only_refuses_pickled_code(tmp_path, capsys):
+    import pickle
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only"):
         build_model("resnet8", 10, cosine=True, pretrained=tmp_path / "evil.pt")
+    assert "pwned" not in capsys.readouterr().out            # the payload never ran

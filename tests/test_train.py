@@ -143,6 +143,10 @@ BAD = {
     'split-list without lists': (['--dataset', 'split-list', '--data_root', '{tmp}'], "split-list needs train_list and test_list"),
     'missing pretrained file': (['--pretrained', '{tmp}/w.pt'], "pretrained weights file not found"),
     'unknown option': (['--colour', 'red'], "unrecognized arguments: --colour"),
+    'imbalance ratio nan': (['--imbalance_ratio', 'nan'], "imbalance_ratio must be a finite number >= 1"),
+    'imbalance ratio < 1': (['--imbalance_ratio', '0.5'], "imbalance_ratio must be a finite number >= 1"),
+    'drw_beta 1': (['--drw_beta', '1.0'], "drw_beta must be in [0, 1)"),
+    'unknown loss option': (['--loss_kw', '{"bogus": 1}'], "does not fit loss 'ala'"),
 }
 
 
@@ -201,3 +205,22 @@ def test_one_epoch_on_large_class_trees(tmp_path, dataset, num_classes):
     assert all(res['top1'][g] is not None for g in GROUPS)
     assert len(res['test_targets']) == num_classes and None not in res['per_class_acc']
     assert set(res['history'][0]['factors']) == {'many', 'medium', 'few'}
+
+
+# --- class weights really reach the loss ------------------------------------------------------------------
+
+def test_class_weights_take_effect(tmp_path):
+    "'cb' weights from the first epoch and DRW weights from drw_epoch change the training loss; none otherwise."
+    kw = dict(epochs=1, workers=0, verbose=False, progress=False)
+    loss = lambda **k: train(out_dir=tmp_path / str(len(list(tmp_path.iterdir()))), **kw, **k)['history'][0]['loss']
+    ce, cb = loss(loss='ce'), loss(loss='cb')
+    assert abs(ce - cb) > 1e-3, (ce, cb)                       # cb keeps its class-balanced weights
+    assert loss(loss='ce') == pytest.approx(ce, abs=1e-9)     # and the run itself is deterministic
+    ala, ala_drw = loss(loss='ala', drw_epoch=-1), loss(loss='ala', drw_epoch=0)
+    assert abs(ala - ala_drw) > 1e-3, (ala, ala_drw)
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(tmp_path):
+    train(out_dir=tmp_path, epochs=2, workers=0, verbose=False, progress=False)
+    with pytest.raises(ValueError, match="beyond epochs=1"):
+        train(out_dir=tmp_path, epochs=1, resume=True, workers=0, verbose=False, progress=False)
