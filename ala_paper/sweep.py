@@ -8,11 +8,11 @@ import argparse, ast, json, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .train import project_root
+from .train import CHECKPOINT, project_root
 
 # %% auto #0
-__all__ = ['NO_DRW', 'TABLES', 'CHECKPOINT_GLOBS', 'Row', 'TableSpec', 'table_rows', 'run_dir', 'run_state', 'Planned', 'plan',
-           'train_notebook', 'papermill_command', 'run_papermill', 'sweep', 'main']
+__all__ = ['NO_DRW', 'TABLES', 'Row', 'TableSpec', 'table_rows', 'run_dir', 'run_state', 'Planned', 'plan', 'train_notebook',
+           'papermill_command', 'run_papermill', 'sweep', 'main']
 
 # %% ../nbs/05_sweep.ipynb #dac1236d
 @dataclass(frozen=True)
@@ -63,8 +63,6 @@ def table_rows(table: str, rows=None) -> list:
     return [r for r in spec.rows if r.key in rows]
 
 # %% ../nbs/05_sweep.ipynb #0b5cbb84
-CHECKPOINT_GLOBS = ('checkpoint*.pt', 'checkpoint*.pth', 'last*.pt', 'ckpt*.pt')
-
 def run_dir(runs_dir, table: str, row: str, seed: int) -> Path:
     "The directory of one run: `runs_dir/<table>/<row>/seed<k>`."
     return Path(runs_dir)/table/row/f'seed{seed}'
@@ -73,7 +71,7 @@ def run_state(out_dir) -> str:
     "'done' (results.json present), 'resume' (a checkpoint but no results) or 'new'."
     out_dir = Path(out_dir)
     if (out_dir/'results.json').is_file(): return 'done'
-    if out_dir.is_dir() and any(p.is_file() for g in CHECKPOINT_GLOBS for p in out_dir.glob(g)): return 'resume'
+    if (out_dir / CHECKPOINT).is_file(): return 'resume'              # what train(resume=True) continues from
     return 'new'
 
 # %% ../nbs/05_sweep.ipynb #b8134ca9

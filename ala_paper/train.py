@@ -107,6 +107,7 @@ def resolve_params(**kw) -> dict:
     ir = p['imbalance_ratio']
     if not isinstance(ir, (int, float)) or isinstance(ir, bool) or not math.isfinite(ir) or ir < 1:
         raise ValueError(f"imbalance_ratio must be a finite number >= 1 (largest / smallest class), got {ir!r}")
+    if p['dataset'] not in ('cifar10-lt', 'cifar100-lt'): p['imbalance_ratio'] = None   # only CIFAR-LT's is a choice
     if isinstance(p['milestones'], str): p['milestones'] = [m for m in p['milestones'].replace(',', ' ').split()]
     try: p['milestones'] = sorted(int(m) for m in p['milestones'])
     except (TypeError, ValueError): raise ValueError(f"milestones must be a list of epoch indices, got {p['milestones']!r}") from None
