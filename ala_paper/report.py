@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .losses import ALA_FAMILY, plot_figure2, quantity_factor, ldam_margins
 from .metrics import SHOT_GROUPS, shot_group as shot_of
-from .sweep import TABLES, project_root
+from .sweep import TABLES
+from .train import project_root
 
 # %% auto #0
-__all__ = ['METRICS', 'RECIPE_KEYS', 'ARCH_OF', 'BENCH_ROWS', 'PAPER_TITLES', 'OTHER_DATASETS', 'COLORS', 'LABELS', 'GROUPS',
-           'paper_csv', 'load_paper', 'printed_table', 'fake_results', 'write_fake_runs', 'load_runs', 'mean_std',
-           'fmt_ms', 'fmt_diff', 'row_runs', 'paper_vs_ours', 'benchmark_table', 'to_markdown', 'paper_markdown',
+__all__ = ['METRICS', 'RECIPE_KEYS', 'ARCH_OF', 'BENCH_ROWS', 'PAPER_TITLES', 'OTHER_DATASETS', 'COLORS', 'LABELS', 'paper_csv',
+           'load_paper', 'printed_table', 'fake_results', 'write_fake_runs', 'load_runs', 'mean_std', 'fmt_ms',
+           'fmt_diff', 'row_runs', 'paper_vs_ours', 'benchmark_table', 'to_markdown', 'paper_markdown',
            'benchmark_markdown', 'write_table', 'build_tables', 'set_style', 'save_figure', 'runs_of', 'class_sets',
            'fig_per_class', 'fig_qf_vs_ldam', 'fig_true_class_prob', 'factor_history', 'fig_factors', 'build_figures']
 
@@ -65,21 +66,21 @@ def fake_results(loss='ce', seed=0, dataset='synthetic-lt', class_counts=None, a
     acc = [float(np.clip(20 + 45 * math.log(n) / math.log(max(counts)) - 20 * h + bonus * (1 + (n < 20))
                          + rng.normal(0, 2), 0, 100)) for n, h in zip(counts, hard)]
     acc = [round(a, 2) for a in acc]
-    groups = {g: [a for a, n in zip(acc, counts) if shot_of(n) == g] for g in ('many', 'medium', 'few')}
+    groups = {g: [a for a, n in zip(acc, counts) if shot_of(n) == g] for g in SHOT_GROUPS}
     top1 = {g: (float(np.mean(v)) if v else None) for g, v in groups.items()}
     top1['all'] = float(np.mean(acc))
     targets = [c for c in range(C) for _ in range(n_test)]
     prob = [round(float(rng.beta(1 + acc[c] / 20, 1 + (100 - acc[c]) / 20)), 4) for c in targets]
-    qf = {n: 1 / math.log(n / min(counts) + 1) for n in counts}
+    qf = dict(zip(counts, quantity_factor(counts).tolist()))
     history = []
     for e in range(epochs):
         h = {'epoch': e + 1, 'lr': 0.1, 'loss': round(2.0 / (e + 1), 4), 'train_acc': 30 + 10 * e, 'seconds': 1.0}
         if loss in ALA_FAMILY:
             fac = {}
-            for g in ('many', 'medium', 'few'):
+            for g in SHOT_GROUPS:
                 ns = [n for n in counts if shot_of(n) == g]
                 if not ns: continue
-                df = 0.5 / (e + 1) + 0.1 * ('many', 'medium', 'few').index(g)
+                df = 0.5 / (e + 1) + 0.1 * SHOT_GROUPS.index(g)
                 q = float(np.mean([qf[n] for n in ns]))
                 fac[g] = {'df': df, 'qf': q, 'a': df * q}
             h['factors'] = fac
@@ -320,7 +321,6 @@ COLORS = {'ce': '#4C72B0', 'ldam': '#DD8452', 'ala': '#55A868', 'df': '#8172B3',
           'df-ldam': '#937860', 'focal': '#DA8BC3', 'logit-adjust': '#8C8C8C', 'balanced-softmax': '#CCB974'}
 LABELS = {'ce': 'CE', 'ldam': 'LDAM', 'ala': 'ALA', 'df': 'DF', 'qf': 'QF', 'df-ldam': 'DF·A_LDAM',
           'focal': 'Focal', 'logit-adjust': 'Logit Adjust', 'balanced-softmax': 'Balanced Softmax'}
-GROUPS = SHOT_GROUPS
 
 def set_style():
     "seaborn's theme for every figure of the report."
@@ -377,7 +377,7 @@ def fig_per_class(rs: dict, losses=('ce', 'ldam', 'ala')):
     for name, mk, col in (('head-yet-hard', 'v', 'crimson'), ('tail-yet-easy', '^', 'darkgreen')):
         if sets[name]: ax.scatter([pos[c] for c in sets[name]], [-4] * len(sets[name]), marker=mk, color=col, s=30,
                                   clip_on=False, label=name, zorder=5)
-    starts = {g: next((i for i, c in enumerate(order) if shot_of(counts[c]) == g), None) for g in GROUPS}
+    starts = {g: next((i for i, c in enumerate(order) if shot_of(counts[c]) == g), None) for g in SHOT_GROUPS}
     bounds = sorted(v for v in starts.values() if v is not None) + [len(x)]
     for g, i in starts.items():  # shot-group boundaries and names
         if i is None: continue
@@ -431,7 +431,7 @@ def fig_true_class_prob(rs: dict, losses=('ce', 'ldam', 'ala')):
     losses = [l for l in losses if l in rs and any(r.get('true_class_prob') for r in rs[l])]
     if not losses: return None
     fig, axs = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
-    for ax, g, tag in zip(axs, GROUPS, 'abc'):
+    for ax, g, tag in zip(axs, SHOT_GROUPS, 'abc'):
         ax.axhspan(0, 0.2, color='crimson', alpha=0.07); ax.axhspan(0.8, 1, color='green', alpha=0.06)
         for l in losses:
             p = _group_probs(rs[l], g)
@@ -461,7 +461,7 @@ def fig_factors(rs: dict, loss='ala'):
     pal = {'many': '#4C72B0', 'medium': '#DD8452', 'few': '#C44E52'}
     for ax, (key, name), tag in zip(axs, (('df', 'DF (difficulty factor)'), ('qf', 'QF (quantity factor)'),
                                         ('a', 'A = DF · QF (adjusting term)')), 'abc'):
-        for g in GROUPS:
+        for g in SHOT_GROUPS:
             ep, m, s = factor_history(res, g, key)
             if np.isnan(m).all(): continue
             ax.plot(ep, m, color=pal[g], lw=1.8, label=g); ax.fill_between(ep, m - s, m + s, color=pal[g], alpha=0.2)
