@@ -11,13 +11,16 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'LTData', 'make_transforms', 'SyntheticTransform', 'ImageListDataset',
-           'ArrayDataset', 'read_split_list', 'check_files_exist', 'class_counts_from_labels', 'read_inat_json',
-           'cifar_lt_counts', 'long_tail_select', 'read_cifar', 'synthetic_layout', 'synthetic_images', 'synthetic_lt',
-           'plot_synthetic_examples', 'load_dataset']
+__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'LTData', 'fit_image', 'ToUint8', 'random_crop_flip',
+           'BatchTransform', 'Pipeline', 'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb',
+           'ArrayDataset', 'decode_images', 'ArrayBatches', 'read_split_list', 'check_files_exist',
+           'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts', 'long_tail_select',
+           'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders', 'synthetic_layout',
+           'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
 DATASETS = ('synthetic-lt', 'cifar10-lt', 'cifar100-lt', 'imagenet-lt', 'places-lt', 'inat2018', 'split-list')
@@ -33,6 +36,7 @@ class LTData:
     class_names: list
     num_classes: int
     transform: str
+    pipeline: 'Pipeline'
     meta: dict = field(default_factory=dict)
 
 # %% ../nbs/02_data.ipynb #2cc4f61e
@@ -40,38 +44,89 @@ _NORM = dict(imagenet=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              cifar=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
              synthetic=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
 TRANSFORMS = ('imagenet', 'cifar', 'synthetic')
+_CROP_PAD = dict(cifar=4, synthetic=2)   # LDAM's pad-4 crop at 32 px; the same idea at synthetic-lt's 16 px
 
-def make_transforms(name: str, size: int | None = None):
-    "`(train_tf, test_tf)` for transform `name` in `TRANSFORMS` (`size` only for `synthetic`)."
+def fit_image(img: Image.Image, size: int) -> Image.Image:
+    "Resize the shorter side to `size` and centre-crop a `size` × `size` square (torchvision's Resize + CenterCrop)."
+    import torchvision.transforms.functional as TF
+    return TF.center_crop(TF.resize(img, size), size)
+
+class ToUint8:
+    "Per image: a PIL image or a uint8 `[H, W, 3]` array -> uint8 `[3, size, size]` tensor (fitted when `size` is set)."
+    takes_array = True   # `ArrayDataset` hands it its arrays directly
+    def __init__(self, size: int | None = None): self.size = size
+    def __call__(self, img):
+        if isinstance(img, np.ndarray):
+            if self.size is None or img.shape[:2] == (self.size, self.size):
+                return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+            img = Image.fromarray(img)
+        if self.size is not None and img.size != (self.size, self.size): img = fit_image(img, self.size)
+        return torch.from_numpy(np.array(img.convert('RGB'), dtype=np.uint8)).permute(2, 0, 1)
+    def __repr__(self): return f"ToUint8(size={self.size})"
+
+# %% ../nbs/02_data.ipynb #4a08d0cd
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True, generator=None) -> torch.Tensor:
+    "Per image of a uint8 batch `[B, 3, H, W]`: zero-pad by `pad`, take a random H × W window, mirror it with p = 1/2."
+    B, _, H, W = x.shape
+    dev = x.device
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad))        # [B, H+2p, W+2p, 3], zeros outside
+    top = torch.randint(0, 2 * pad + 1, (B, 1), device=dev, generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (B, 1), device=dev, generator=generator)
+    rows, cols = top + torch.arange(H, device=dev), left + torch.arange(W, device=dev)
+    if flip:
+        mirrored = torch.rand(B, 1, device=dev, generator=generator) < 0.5
+        cols = torch.where(mirrored, cols.flip(1), cols)                       # a mirror reads the columns backwards
+    out = padded[torch.arange(B, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]   # [B, H, W, 3]
+    return out.permute(0, 3, 1, 2)                                             # NCHW view, channels_last strides
+
+# %% ../nbs/02_data.ipynb #93362c81
+class BatchTransform:
+    "Per batch, on the device: uint8 `[B, 3, H, W]` -> float, normalised by `mean`/`std` (or / 255 without them); with `pad`, random crop + flip first."
+    def __init__(self, mean=None, std=None, pad: int = 0, flip: bool = False):
+        self.pad, self.flip = pad, flip
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self._on = {}   # device -> (mean, std) there
+
+    def __call__(self, x: torch.Tensor, generator=None, channels_last: bool = False) -> torch.Tensor:
+        if x.dtype == torch.uint8:                          # anything else came normalised from a custom transform
+            if self.pad or self.flip: x = random_crop_flip(x, self.pad, self.flip, generator)
+            x = x.float()
+            if self.mean is None: x = x.div_(255)
+            else:
+                if x.device not in self._on: self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+                mean, std = self._on[x.device]
+                x = x.sub_(mean).div_(std)
+        return x.contiguous(memory_format=torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format)
+
+    def __repr__(self): return f"BatchTransform(pad={self.pad}, flip={self.flip}, normalise={self.mean is not None})"
+
+@dataclass
+class Pipeline:
+    "What a transform name means: `*_sample` per image (to uint8, where images are decoded), `*_batch` per batch on the device."
+    name: str
+    train_sample: Callable
+    test_sample: Callable
+    train_batch: BatchTransform
+    test_batch: BatchTransform
+    size: int | None = None     # every image comes out `size` × `size`: small enough ones can live in memory
+
+def make_transforms(name: str, size: int | None = None) -> Pipeline:
+    "The `Pipeline` of transform `name` in `TRANSFORMS` (`size` only for `synthetic`)."
     import torchvision.transforms as T
     if name not in TRANSFORMS: raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
-    norm = [T.ToTensor(), T.Normalize(*_NORM[name])]
+    norm = _NORM[name]
     if name == 'imagenet':
-        return (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *norm]),
-                T.Compose([T.Resize(256), T.CenterCrop(224), *norm]))
-    if name == 'cifar':
-        fit = [T.Resize(32), T.CenterCrop(32)]  # a no-op on CIFAR itself; lets list data use this transform
-        return (T.Compose([*fit, T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm]), T.Compose([*fit, *norm]))
-    return SyntheticTransform(size or 16, train=True), SyntheticTransform(size or 16, train=False)
+        return Pipeline(name, T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]),
+                        T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()]),
+                        BatchTransform(*norm), BatchTransform(*norm))
+    size = 32 if name == 'cifar' else (size or 16)
+    return Pipeline(name, ToUint8(size), ToUint8(size), BatchTransform(*norm, pad=_CROP_PAD[name], flip=True),
+                    BatchTransform(*norm), size)
 
-class SyntheticTransform:
-    "Pad-2 random crop + flip (train) and normalisation, on a PIL image or a uint8 `[H, W, 3]` array."
-    takes_array = True   # `ArrayDataset` hands it the array directly: ~10x cheaper than a PIL round trip
-    def __init__(self, size=16, train=True, pad=2):
-        self.size, self.train, self.pad = size, train, pad
-        m, s = _NORM['synthetic']
-        self.mean, self.std = torch.tensor(m).view(3, 1, 1), torch.tensor(s).view(3, 1, 1)
-    def __call__(self, img):
-        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-        if x.shape[1:] != (self.size, self.size):
-            x = torch.nn.functional.interpolate(x[None], size=(self.size, self.size), mode='bilinear', antialias=True)[0]
-        if self.train:
-            p = self.pad; x = torch.nn.functional.pad(x, (p, p, p, p))
-            i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()   # torch's RNG: seeded per DataLoader worker
-            x = x[:, i:i + self.size, j:j + self.size]
-            if torch.rand(()) < 0.5: x = x.flip(2)
-        return (x - self.mean) / self.std
-    def __repr__(self): return f"SyntheticTransform(size={self.size}, train={self.train}, pad={self.pad})"
+def custom_pipeline(train_tf: Callable, test_tf: Callable) -> Pipeline:
+    "Your own per-image transforms (on PIL images); their float output is used as it is, a uint8 output is scaled to [0, 1]."
+    return Pipeline('custom', train_tf, test_tf, BatchTransform(), BatchTransform())
 
 # %% ../nbs/02_data.ipynb #44ba07f4
 class ImageListDataset(torch.utils.data.Dataset):
@@ -82,13 +137,17 @@ class ImageListDataset(torch.utils.data.Dataset):
         self.targets = np.asarray(labels, dtype=np.int64)
         self.transform = transform
     def __len__(self): return len(self.targets)
+    def path(self, i) -> str: return os.path.join(self.root, self.paths[i].decode())
     def __getitem__(self, i):
-        path = os.path.join(self.root, self.paths[i].decode())
-        try:
-            with Image.open(path) as im: img = im.convert('RGB')
-        except Exception as e:
-            raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); replace or remove it from the list") from None
+        img = open_rgb(self.path(i))
         return (self.transform(img) if self.transform else img), int(self.targets[i])
+
+def open_rgb(path) -> Image.Image:
+    "Decode one image file as RGB; a file PIL cannot read is one error that names it."
+    try:
+        with Image.open(path) as im: return im.convert('RGB')
+    except Exception as e:
+        raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); replace or remove it from the list") from None
 
 class ArrayDataset(torch.utils.data.Dataset):
     "uint8 images `[N, H, W, 3]` with integer labels."
@@ -98,6 +157,51 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         img = self.data[i] if getattr(self.transform, 'takes_array', False) else Image.fromarray(self.data[i])
         return (self.transform(img) if self.transform else img), int(self.targets[i])
+
+# %% ../nbs/02_data.ipynb #4596c239
+IN_MEMORY_MAX_BYTES = 4 * 2**30
+
+def decode_images(root, paths, size: int, fit: bool = True, desc: str | None = None) -> np.ndarray:
+    "uint8 `[N, size, size, 3]` from the image files `root/paths`; `fit=False`: a file of another size is an error."
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm.auto import tqdm
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    def one(i):
+        path = os.path.join(str(root), paths[i])
+        img = open_rgb(path)
+        if img.size != (size, size):
+            if not fit: raise ValueError(f"image {path} is {img.size[0]}x{img.size[1]} pixels, expected {size}x{size}")
+            img = fit_image(img, size)
+        out[i] = np.asarray(img, dtype=np.uint8)
+    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in tqdm(pool.map(one, range(len(paths)), chunksize=256), total=len(paths), desc=desc or f'decoding {root}',
+                      unit='img', disable=len(paths) < 20_000, leave=False): pass
+    return out
+
+# %% ../nbs/02_data.ipynb #eb5a5f40
+class ArrayBatches:
+    "Batches of an in-memory `ArrayDataset` by indexing its array: `(uint8 [B, 3, H, W] with channels_last strides, labels)` on `device`."
+    def __init__(self, dataset: ArrayDataset, batch_size: int, sampler=None, drop_last: bool = False, device='cpu'):
+        device = torch.device(device)
+        self.images = torch.from_numpy(dataset.data)                     # [N, H, W, 3], shares the numpy memory
+        self.labels = torch.from_numpy(dataset.targets)
+        if device.type == 'cuda':   # small: keep it on the GPU; else pinned host memory for fast copies
+            on_gpu = self.images.nbytes <= 2 * 2**30
+            self.images = self.images.to(device) if on_gpu else self.images.pin_memory()
+            self.labels = self.labels.to(device) if on_gpu else self.labels.pin_memory()
+        self.batch_size, self.sampler, self.drop_last, self.device = batch_size, sampler, drop_last, device
+
+    def __len__(self):
+        n = len(self.sampler) if self.sampler is not None else len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.as_tensor(list(self.sampler) if self.sampler is not None else range(len(self.labels)))
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size].to(self.images.device)
+            x, y = self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 # %% ../nbs/02_data.ipynb #5c0e2ee3
 def read_split_list(path) -> tuple[list, np.ndarray]:
@@ -157,7 +261,19 @@ def _names_from_paths(paths, labels, num_classes):
         return '/'.join(parts[-2:]) if parts and parts[-1].isdigit() else (parts[-1] if parts else p)
     return [name(first[c]) if c in first else str(c) for c in range(num_classes)]
 
-def _list_dataset(name, root, train_list, test_list, train_tf, test_tf, check_files=True, meta=None):
+def fits_in_memory(pipe: Pipeline, num_images: int, in_memory: bool | None = None) -> bool:
+    "Whether images go into memory: the pipeline has a fixed size and `num_images` of it fit `IN_MEMORY_MAX_BYTES` (`in_memory` forces)."
+    if in_memory is False or pipe.size is None: return False
+    return bool(in_memory) or num_images * pipe.size ** 2 * 3 <= IN_MEMORY_MAX_BYTES
+
+def _image_sets(root, trp, trl, tep, tel, pipe, in_memory):
+    "Training and test datasets over listed images: decoded into memory when they fit, else streamed from disk."
+    if fits_in_memory(pipe, len(trp) + len(tep), in_memory):
+        return (ArrayDataset(decode_images(root, trp, pipe.size, desc='decoding train'), trl, pipe.train_sample),
+                ArrayDataset(decode_images(root, tep, pipe.size, desc='decoding test'), tel, pipe.test_sample))
+    return ImageListDataset(root, trp, trl, pipe.train_sample), ImageListDataset(root, tep, tel, pipe.test_sample)
+
+def _list_dataset(name, root, train_list, test_list, pipe, check_files=True, meta=None, in_memory=None):
     trp, trl = read_split_list(train_list)
     tep, tel = read_split_list(test_list)
     C = int(max(trl.max(), tel.max())) + 1
@@ -165,8 +281,8 @@ def _list_dataset(name, root, train_list, test_list, train_tf, test_tf, check_fi
     counts = class_counts_from_labels(trl, C, names, f"training list {train_list}")
     if check_files:
         check_files_exist(root, trp); check_files_exist(root, tep)
-    return dict(train=ImageListDataset(root, trp, trl, train_tf), test=ImageListDataset(root, tep, tel, test_tf),
-                class_counts=counts, class_names=names, num_classes=C,
+    train, test = _image_sets(root, trp, trl, tep, tel, pipe, in_memory)
+    return dict(train=train, test=test, class_counts=counts, class_names=names, num_classes=C,
                 meta=dict(meta or {}, train_list=str(train_list), test_list=str(test_list),
                           num_train=len(trl), num_test=len(tel)))
 
@@ -188,7 +304,7 @@ def read_inat_json(path):
     names = {c['id']: c.get('name', str(c['id'])) for c in d.get('categories', [])}
     return paths, cats, names
 
-def _inat(root, train_tf, test_tf, check_files=True):
+def _inat(root, pipe, check_files=True, in_memory=None):
     root = Path(root)
     if (root/'train2018.json').is_file():
         trp, trc, names = read_inat_json(root/'train2018.json')
@@ -203,11 +319,11 @@ def _inat(root, train_tf, test_tf, check_files=True):
         meta = dict(format='json', num_train=len(trl), num_test=len(tel))
         if gaps: meta['category_ids'] = ids.tolist()
         if check_files: check_files_exist(root, trp); check_files_exist(root, tep)
-        return dict(train=ImageListDataset(root, trp, trl, train_tf), test=ImageListDataset(root, tep, tel, test_tf),
-                    class_counts=counts, class_names=cn, num_classes=C, meta=meta)
+        train, test = _image_sets(root, trp, trl, tep, tel, pipe, in_memory)
+        return dict(train=train, test=test, class_counts=counts, class_names=cn, num_classes=C, meta=meta)
     if (root/'iNaturalist18_train.txt').is_file():
         return _list_dataset('inat2018', root, root/'iNaturalist18_train.txt', root/'iNaturalist18_val.txt',
-                             train_tf, test_tf, check_files, meta=dict(format='txt'))
+                             pipe, check_files, meta=dict(format='txt'), in_memory=in_memory)
     raise FileNotFoundError(f"inat2018: neither {root/'train2018.json'} nor {root/'iNaturalist18_train.txt'} "
                             f"found; {README_HINT}")
 
@@ -227,12 +343,12 @@ def long_tail_select(labels, counts, seed=0) -> np.ndarray:
 
 # %% ../nbs/02_data.ipynb #8793f67b
 _CIFAR = {'cifar10-lt': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'],
-                         'batches.meta', 'label_names', 'labels', 'CIFAR10'),
-          'cifar100-lt': ('cifar-100-python', ['train'], ['test'], 'meta', 'fine_label_names', 'fine_labels', 'CIFAR100')}
+                         'batches.meta', 'label_names', 'labels', 'CIFAR10', 10),
+          'cifar100-lt': ('cifar-100-python', ['train'], ['test'], 'meta', 'fine_label_names', 'fine_labels', 'CIFAR100', 100)}
 
 def read_cifar(root, dataset='cifar10-lt', train=True, download=False):
     "`(uint8 [N,32,32,3], labels, class_names)` from torchvision-layout CIFAR pickles under `root`."
-    folder, trf, tef, metaf, key, lkey, tv = _CIFAR[dataset]
+    folder, trf, tef, metaf, key, lkey, tv, _ = _CIFAR[dataset]
     base = Path(root)/folder
     if download and not base.is_dir():
         import torchvision
@@ -247,20 +363,75 @@ def read_cifar(root, dataset='cifar10-lt', train=True, download=False):
     with open(base/metaf, 'rb') as fh: names = pickle.load(fh, encoding='latin1')[key]
     return np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.int64), list(names)
 
-def _cifar(dataset, root, imbalance_ratio, seed, download, train_tf, test_tf):
-    xtr, ytr, names = read_cifar(root, dataset, True, download)
-    xte, yte, _ = read_cifar(root, dataset, False)
+def read_image_folder(split_dir) -> tuple[list, np.ndarray, list]:
+    "`(paths relative to split_dir, labels, class names)` of a `split_dir/<class>/<image>` tree; label = rank of the folder name."
+    split_dir = Path(split_dir)
+    names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith('.'))
+    if not names: raise ValueError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/<image files>")
+    paths, labels = [], []
+    for c, name in enumerate(names):
+        files = sorted(f.name for f in os.scandir(split_dir/name) if f.is_file() and not f.name.startswith('.'))
+        paths += [f'{name}/{f}' for f in files]; labels += [c] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64), names
+
+def cifar_layout(root, dataset='cifar10-lt') -> str:
+    "'pickles' or 'folders': which CIFAR layout `root` holds (one error naming both when it holds neither)."
+    root = Path(root)
+    if (root/_CIFAR[dataset][0]).is_dir(): return 'pickles'
+    if (root/'train').is_dir() and (root/'test').is_dir(): return 'folders'
+    raise FileNotFoundError(f"{root} holds neither {_CIFAR[dataset][0]}/ (CIFAR python pickles) nor train/ and test/ "
+                            f"class folders (an image-folder copy); pass download=True to fetch the pickles, or {README_HINT}")
+
+def _check_class_folders(root, dataset, train_names, test_names):
+    C = _CIFAR[dataset][-1]
+    for split, names in (('train', train_names), ('test', test_names)):
+        if len(names) != C:
+            raise ValueError(f"{Path(root)/split} has {len(names)} class folders, {dataset} needs {C}: "
+                             f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+    if train_names != test_names:
+        odd = sorted(set(train_names) ^ set(test_names))
+        raise ValueError(f"{root}: train/ and test/ name different classes ({', '.join(odd[:6])}); "
+                         f"both need the same {C} class folders")
+
+def read_cifar_folders(root, dataset='cifar10-lt', counts_for=None, seed=0):
+    "`(xtr, ytr, xte, yte, names)` from an image-folder CIFAR copy; `counts_for(n_max)` gives the per-class draw."
+    root = Path(root)
+    trp, trl, names = read_image_folder(root/'train')
+    tep, tel, test_names = read_image_folder(root/'test')
+    _check_class_folders(root, dataset, names, test_names)
+    for c, n in enumerate(np.bincount(tel, minlength=len(names))):
+        if n == 0: raise ValueError(f"{root/'test'/names[c]} holds no images; every class needs test images")
     C = len(names)
-    n_max = int(np.bincount(ytr, minlength=C).min())
-    want = cifar_lt_counts(n_max, C, imbalance_ratio)
-    class_counts_from_labels(np.repeat(np.arange(C), want), C, names,
-                             f"long-tailed selection (n_max={n_max}, imbalance_ratio={imbalance_ratio})",
-                             fix='use a smaller imbalance_ratio or the full CIFAR files')
-    keep = long_tail_select(ytr, want, seed)
-    counts = np.bincount(ytr[keep], minlength=C).tolist()
-    return dict(train=ArrayDataset(xtr[keep], ytr[keep], train_tf), test=ArrayDataset(xte, yte, test_tf),
-                class_counts=counts, class_names=names, num_classes=C,
-                meta=dict(imbalance_ratio=imbalance_ratio, n_max=n_max, selection_seed=seed))
+    class_counts_from_labels(trl, C, names, f"image folder {root/'train'}", fix='add its training images')
+    keep = long_tail_select(trl, counts_for(int(np.bincount(trl, minlength=C).min()), names), seed) if counts_for else np.arange(len(trl))
+    xtr = decode_images(root/'train', [trp[i] for i in keep], 32, fit=False, desc='decoding CIFAR train')
+    xte = decode_images(root/'test', tep, 32, fit=False, desc='decoding CIFAR test')
+    return xtr, trl[keep], xte, tel, names
+
+# %% ../nbs/02_data.ipynb #a069e42d
+def _cifar(dataset, root, imbalance_ratio, seed, download, pipe):
+    layout = 'pickles' if download and not Path(root).is_dir() else cifar_layout(root, dataset)
+    def counts_for(n_max, names):
+        want = cifar_lt_counts(n_max, _CIFAR[dataset][-1], imbalance_ratio)
+        class_counts_from_labels(np.repeat(np.arange(len(want)), want), len(want), names,
+                                 f"long-tailed selection (n_max={n_max}, imbalance_ratio={imbalance_ratio})",
+                                 fix='use a smaller imbalance_ratio or the full CIFAR files')
+        return want
+    if layout == 'folders':
+        xtr, ytr, xte, yte, names = read_cifar_folders(root, dataset, counts_for, seed)
+    else:
+        xtr, ytr, names = read_cifar(root, dataset, True, download)
+        xte, yte, _ = read_cifar(root, dataset, False)
+        if len(names) != _CIFAR[dataset][-1]: raise ValueError(f"{root}: the {dataset} pickles name {len(names)} classes, not {_CIFAR[dataset][-1]}")
+        keep = long_tail_select(ytr, counts_for(int(np.bincount(ytr, minlength=len(names)).min()), names), seed)
+        xtr, ytr = xtr[keep], ytr[keep]
+    C = len(names)
+    import hashlib
+    meta = dict(imbalance_ratio=imbalance_ratio, selection_seed=seed, layout=layout, source=str(Path(root).resolve()),
+                n_max=int(np.bincount(ytr, minlength=C).max()), num_train=len(ytr), num_test=len(yte),
+                train_sha256=hashlib.sha256(xtr.tobytes() + ytr.tobytes()).hexdigest())
+    return dict(train=ArrayDataset(xtr, ytr, pipe.train_sample), test=ArrayDataset(xte, yte, pipe.test_sample),
+                class_counts=np.bincount(ytr, minlength=C).tolist(), class_names=names, num_classes=C, meta=meta)
 
 # %% ../nbs/02_data.ipynb #09b78567
 _SHAPES = ('disk', 'square', 'ring', 'cross', 'diamond', 'hbar', 'triangle', 'xcross', 'frame', 'vbar')
@@ -349,11 +520,11 @@ def plot_synthetic_examples(per_class: int = 6, seed: int = 0, **kw):
     return fig
 
 # %% ../nbs/02_data.ipynb #993ccbcf
-def _synthetic(seed, train_tf, test_tf, size=16, **kw):
+def _synthetic(seed, pipe, size=16, **kw):
     xtr, ytr, xte, yte, classes = synthetic_lt(seed=seed, size=size, **kw)
     meta = {k: [c[k] for c in classes] for k in ('count', 'difficulty', 'family', 'shape', 'colour', 'member')}
     meta.update(size=size, test_per_class=int(len(yte) // len(classes)), seed=seed, generator=dict(kw))
-    return dict(train=ArrayDataset(xtr, ytr, train_tf), test=ArrayDataset(xte, yte, test_tf),
+    return dict(train=ArrayDataset(xtr, ytr, pipe.train_sample), test=ArrayDataset(xte, yte, pipe.test_sample),
                 class_counts=meta['count'], class_names=[c['name'] for c in classes],
                 num_classes=len(classes), meta=meta)
 
@@ -362,20 +533,23 @@ _DEFAULT_TF = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt'
 _LISTS = {'imagenet-lt': ('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'),
           'places-lt': ('Places_LT_train.txt', 'Places_LT_test.txt')}
 
+def _fit_arrays(ds: ArrayDataset, pipe: Pipeline) -> ArrayDataset:
+    "An in-memory dataset at the pipeline's image size (resized once here, not in every epoch)."
+    if pipe.size is None or ds.data.shape[1:3] == (pipe.size, pipe.size): return ds
+    fitted = np.stack([np.asarray(fit_image(Image.fromarray(a), pipe.size)) for a in ds.data])
+    return ArrayDataset(fitted, ds.targets, ds.transform)
+
 def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, test_list=None, transform=None,
-                 imbalance_ratio=100, seed=0, download=False, check_files=True, **synthetic_kw) -> LTData:
-    "Load a long-tailed benchmark by name (see `DATASETS`)."
+                 imbalance_ratio=100, seed=0, download=False, check_files=True, in_memory=None, **synthetic_kw) -> LTData:
+    "Load a long-tailed benchmark by name (see `DATASETS`); `in_memory`: None = when it fits, False = stream from disk."
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if synthetic_kw and dataset != 'synthetic-lt':
         raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
     tname = transform if transform is not None else _DEFAULT_TF.get(dataset, 'imagenet')
-    if isinstance(tname, str):
-        train_tf, test_tf = make_transforms(tname, synthetic_kw.get('size', 16))
-    else:
-        (train_tf, test_tf), tname = tname, 'custom'
+    pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':
-        d = _synthetic(seed, train_tf, test_tf, **synthetic_kw)
+        d = _synthetic(seed, pipe, **synthetic_kw)
     else:
         if data_root is None:
             raise ValueError(f"{dataset} needs data_root, the folder holding its files; {README_HINT}")
@@ -383,13 +557,16 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         if not root.is_dir() and not (download and dataset.startswith('cifar')):
             raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
         if dataset.startswith('cifar'):
-            d = _cifar(dataset, root, imbalance_ratio, seed, download, train_tf, test_tf)
+            d = _cifar(dataset, root, imbalance_ratio, seed, download, pipe)
         elif dataset == 'inat2018' and train_list is None:
-            d = _inat(root, train_tf, test_tf, check_files)
+            d = _inat(root, pipe, check_files, in_memory)
         else:
             if dataset == 'split-list' and (train_list is None or test_list is None):
                 raise ValueError("split-list needs train_list and test_list ('relative/path label' files, paths relative to data_root)")
             trl, tel = _LISTS.get(dataset, ('iNaturalist18_train.txt', 'iNaturalist18_val.txt'))
-            d = _list_dataset(dataset, root, root/(train_list or trl), root/(test_list or tel),
-                              train_tf, test_tf, check_files)
-    return LTData(name=dataset, transform=tname, **d)
+            d = _list_dataset(dataset, root, root/(train_list or trl), root/(test_list or tel), pipe, check_files,
+                              in_memory=in_memory)
+    if isinstance(d['train'], ArrayDataset):
+        if in_memory is False: raise ValueError(f"{dataset} is held in memory by design; in_memory=False does not apply to it")
+        d['train'], d['test'] = _fit_arrays(d['train'], pipe), _fit_arrays(d['test'], pipe)
+    return LTData(name=dataset, transform=pipe.name, pipeline=pipe, **d)

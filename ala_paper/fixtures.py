@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['fixture_counts', 'make_split_list_tree', 'make_inat_tree', 'make_cifar_pickles']
+__all__ = ['fixture_counts', 'make_split_list_tree', 'make_inat_tree', 'make_cifar_pickles', 'make_cifar_folders']
 
 # %% ../nbs/02b_fixtures.ipynb #6df9e2e3
 def fixture_counts(num_classes: int, many: int = 2, medium: int = 3) -> list:
@@ -126,3 +126,17 @@ def make_cifar_pickles(root, dataset: str = 'cifar10-lt', per_class: int = 100, 
             x, y = batch(n); dump(name, {'data': x, 'fine_labels': y, 'coarse_labels': [v // 5 for v in y]})
         dump('meta', {'fine_label_names': [f'class{i}' for i in range(C)]})
     return base
+
+# %% ../nbs/02b_fixtures.ipynb #0cf38713
+def make_cifar_folders(root, dataset: str = 'cifar10-lt', per_class: int = 100, test_per_class: int = 10,
+                       seed: int = 0, fmt: str = 'JPEG') -> Path:
+    "Write a fake image-folder CIFAR copy (`train/<class>/*.jpg`, `test/<class>/*.jpg`, 32×32) like the shared JPEG one."
+    C = 10 if dataset == 'cifar10-lt' else 100
+    root, rng, made = Path(root), np.random.default_rng(seed), set()
+    for split, n in (('train', per_class), ('test', test_per_class)):
+        for c in range(C):
+            for k in range(n):
+                img = (rng.integers(0, 40, (32, 32, 3)) + (c * 37 % 200)).astype(np.uint8)
+                buf = io.BytesIO(); Image.fromarray(img).save(buf, format=fmt)
+                _write(root, f'{split}/class{c:03d}/{k:04d}.{fmt.lower()}', buf.getvalue(), made)
+    return root

@@ -15,19 +15,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .data import DATASETS, load_dataset
-from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss
+from .data import DATASETS, ArrayBatches, ArrayDataset, load_dataset
+from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'project_root', 'git_commit', 'resolve_params', 'lr_factor',
-           'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'atomic_write_json',
-           'dist_env', 'train_epoch', 'predict', 'train', 'cli_parser', 'main', 'cli_args', 'run_torchrun',
-           'loop_overhead']
+__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'project_root', 'git_commit', 'resolve_params',
+           'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
+           'atomic_save', 'atomic_write_json', 'dist_env', 'seed_of', 'make_batches', 'train_epoch', 'predict',
+           'save_logits', 'train', 'evaluate', 'cli_parser', 'main', 'cli_args', 'run_torchrun', 'loop_overhead']
 
 # %% ../nbs/04_train.ipynb #35ea3d68
 def project_root() -> Path:
@@ -71,7 +71,7 @@ TRAIN_DEFAULTS = dict(dataset='synthetic-lt', data_root=None, loss='ala', arch=N
                       train_list=None, test_list=None, transform=None, imbalance_ratio=100,
                       # beyond the common names: the rest of the recipe and the engine's switches
                       pretrained=None, momentum=None, warmup_epochs=None, milestones=None, gamma=None, scale=None,
-                      drw_beta=None, data_seed=0, amp=None, channels_last=None, compile=False, deterministic=False,
+                      drw_beta=None, data_seed=None, in_memory=None, amp=None, channels_last=None, compile=False, deterministic=False,
                       progress=None, verbose=True, download=False, loss_kw=None)
 CHECKPOINT = 'checkpoint.pt'
 DRW_LOSSES = frozenset(COSINE_LOSSES)   # losses that get the preset's DRW by default
@@ -87,7 +87,9 @@ def resolve_params(**kw) -> dict:
     if p['loss'] not in LOSSES: raise ValueError(f"unknown loss {p['loss']!r}; choose one of: {', '.join(LOSSES)}")
     preset = PRESETS[p['dataset']]
     if p['drw_epoch'] is None and p['loss'] not in DRW_LOSSES: p['drw_epoch'] = -1
-    for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'workers', 'momentum',
+    if p['workers'] is None: p['workers'] = min(preset['workers'], cpus_per_process())
+    if p['data_seed'] is None: p['data_seed'] = p['seed']   # a seed redraws the long-tailed subset too
+    for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'momentum',
               'warmup_epochs', 'milestones', 'gamma', 'scale', 'drw_beta'):
         if p[k] is None: p[k] = preset[k]
     if p['arch'] not in ARCHS: raise ValueError(f"unknown arch {p['arch']!r}; choose one of: {', '.join(ARCHS)}")
@@ -96,7 +98,7 @@ def resolve_params(**kw) -> dict:
         p['pretrained'] = str(p['pretrained'])
         if not Path(p['pretrained']).expanduser().is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {p['pretrained']} (pass an existing state_dict file, 'imagenet', or False)")
-    for k, lo in (('epochs', 1), ('batch_size', 1), ('workers', 0), ('seed', 0), ('warmup_epochs', 0), ('drw_epoch', -1)):
+    for k, lo in (('epochs', 1), ('batch_size', 1), ('workers', 0), ('seed', 0), ('data_seed', 0), ('warmup_epochs', 0), ('drw_epoch', -1)):
         if not _int_like(p[k]) or p[k] < lo: raise ValueError(f"{k} must be an integer >= {lo}, got {p[k]!r}")
         p[k] = int(p[k])
     for k, lo in (('lr', 0), ('weight_decay', 0), ('momentum', 0), ('gamma', 0), ('scale', 0), ('drw_beta', 0)):
@@ -116,7 +118,8 @@ def resolve_params(**kw) -> dict:
     p['amp'] = amp[p['amp']]
     p['device'] = _resolve_device(p['device'])
     if p['amp'] is None: p['amp'] = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if p['device'] == 'cuda' else 'off'
-    if p['channels_last'] is None: p['channels_last'] = p['device'] == 'cuda'
+    if p['channels_last'] is None: p['channels_last'] = True   # faster on CUDA and, measured, on the CPU too
+    if p['in_memory'] not in (None, True, False): raise ValueError(f"in_memory must be True, False or None (automatic), got {p['in_memory']!r}")
     if p['loss_kw'] is not None and not isinstance(p['loss_kw'], dict): raise ValueError(f"loss_kw must be a dict of loss options, got {p['loss_kw']!r}")
     p['loss_kw'] = dict(p['loss_kw'] or {})
     p['cosine'] = p['loss'] in COSINE_LOSSES
@@ -126,6 +129,11 @@ def resolve_params(**kw) -> dict:
     if p['resume'] and not (Path(p['out_dir']) / CHECKPOINT).is_file():
         raise ValueError(f"resume=True but there is no {CHECKPOINT} in {p['out_dir']}: run without resume first, or point out_dir at the interrupted run")
     return p
+
+def cpus_per_process() -> int:
+    "CPUs this process may use, shared among the processes torchrun starts on this machine."
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cpus // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
 
 def _resolve_device(device):
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -210,18 +218,33 @@ def _all_gather(obj):
     if not (dist.is_available() and dist.is_initialized()): return [obj]
     out = [None] * dist.get_world_size(); dist.all_gather_object(out, obj); return out
 
-# %% ../nbs/04_train.ipynb #cd9ccb88
-def _to(x, device, channels_last):
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+# %% ../nbs/04_train.ipynb #dc0c4320
+def seed_of(*parts) -> int:
+    "A 63-bit seed from integers such as (seed, epoch, rank): an independent random stream for each combination."
+    return int(np.random.SeedSequence([int(v) for v in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
-def train_epoch(model, loader, crit, opt, sched, scaler, device, amp_dtype, channels_last, meter=None, bar=None):
-    "One pass over `loader`; returns (loss sum, correct, images) as tensors on `device`."
+class _OnDevice:
+    "A DataLoader whose batches are moved to `device` (without waiting, from pinned memory on CUDA)."
+    def __init__(self, loader, device): self.loader, self.device = loader, device
+    def __len__(self): return len(self.loader)
+    def __iter__(self):
+        for x, y in self.loader: yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, generator=None):
+    "Batches `(images, labels)` on `device`: indexed from memory for an `ArrayDataset`, else decoded by DataLoader workers."
+    if isinstance(dataset, ArrayDataset): return ArrayBatches(dataset, batch_size, sampler, drop_last, device)
+    return _OnDevice(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
+                                pin_memory=device.type == 'cuda', drop_last=drop_last), device)
+
+# %% ../nbs/04_train.ipynb #cd9ccb88
+def train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter=None, bar=None):
+    "One pass over `batches` (`prep` turns an image batch into the model's input); returns (loss sum, correct, images)."
     model.train()
-    tot = torch.zeros(3, dtype=torch.float64, device=device)
+    dev = next(model.parameters()).device
+    tot = torch.zeros(3, dtype=torch.float64, device=dev)
     autocast = partial(torch.autocast, device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext
-    for i, (x, y) in enumerate(loader):
-        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+    for i, (x, y) in enumerate(batches):
+        x = prep(x)
         with autocast():
             out = model(x)
         loss = crit(out.float(), y)
@@ -241,19 +264,24 @@ def train_epoch(model, loader, crit, opt, sched, scaler, device, amp_dtype, chan
     return _all_reduce(tot)
 
 @torch.no_grad()
-def predict(model, dataset, batch_size, workers, device, amp_dtype, channels_last, scale):
-    "(indices, predictions, true-class probabilities) on this process's shard (every world_size-th sample) of `dataset`."
+def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_classes):
+    "(indices, float32 outputs) on this process's shard (every world_size-th sample) of `dataset`."
     rank, world, _ = dist_env()
     idx = list(range(rank, len(dataset), world))
-    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device == 'cuda')
-    model.eval(); preds, probs, targets = [], [], []
+    model.eval(); outs = []
     autocast = partial(torch.autocast, device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext
-    for x, y in loader:
-        x, y = _to(x, device, channels_last), y.to(device)
-        with autocast(): out = model(x).float()
-        preds.append(out.argmax(1).cpu()); targets.append(y.cpu()); probs.append(true_class_prob(out, y, scale=scale).cpu())
-    cat = lambda ts, dt: torch.cat(ts) if ts else torch.zeros(0, dtype=dt)
-    return idx, cat(preds, torch.long), cat(targets, torch.long), cat(probs, torch.float32)
+    for x, _ in make_batches(dataset, batch_size, idx, workers, device):
+        with autocast(): outs.append(model(prep(x)).float().cpu())
+    return idx, torch.cat(outs) if outs else torch.zeros(0, num_classes)
+
+def save_logits(path, idx, logits, n, rank=0, world=1):
+    "Every process writes its rows `idx` of one `[n, C]` float16 .npy, a memory map rank 0 creates: nothing big is gathered."
+    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp')
+    if rank == 0: np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float16, shape=(n, logits.shape[1])).flush()
+    if world > 1: dist.barrier()
+    mm = np.lib.format.open_memmap(tmp, mode='r+'); mm[idx] = logits.half().numpy(); mm.flush(); del mm
+    if world > 1: dist.barrier()
+    if rank == 0: os.replace(tmp, path)
 
 # %% ../nbs/04_train.ipynb #da3799fa
 _RESUME_KEYS = ('dataset', 'loss', 'arch', 'seed', 'batch_size', 'lr', 'weight_decay', 'momentum', 'warmup_epochs',
@@ -295,10 +323,12 @@ def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=
                        resume=resume, workers=workers, train_list=train_list, test_list=test_list, transform=transform,
                        imbalance_ratio=imbalance_ratio, **more)
     rank, world, local_rank = dist_env()
-    if p['batch_size'] < world: raise ValueError(f"batch_size {p['batch_size']} is smaller than the {world} processes: use at least one sample per process")
+    if p['batch_size'] % world:
+        raise ValueError(f"batch_size {p['batch_size']} does not divide over {world} processes: use a multiple of {world} (the global batch)")
     ck = _load_checkpoint(p) if p['resume'] else None
     data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
-                        transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'], download=p['download'])
+                        transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'], download=p['download'],
+                        in_memory=p['in_memory'])
     p['transform'], p['world_size'] = data.transform, world
     try: crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
     except TypeError as e: raise ValueError(f"loss_kw {p['loss_kw']} does not fit loss {p['loss']!r}: {e}") from None
@@ -329,9 +359,10 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
     per_rank_bs = p['batch_size'] // world
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=p['seed'])
     gen = torch.Generator()
-    loader = DataLoader(data.train, batch_size=per_rank_bs, sampler=sampler, num_workers=p['workers'], generator=gen,
-                        pin_memory=dev.type == 'cuda', persistent_workers=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps_per_epoch=len(loader), warmup_epochs=p['warmup_epochs'],
+    batches = make_batches(data.train, per_rank_bs, sampler, p['workers'], dev, drop_last=True, generator=gen)
+    if len(batches) == 0:
+        raise ValueError(f"{len(data.train)} training images make no full batch of {per_rank_bs} per process: lower batch_size")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps_per_epoch=len(batches), warmup_epochs=p['warmup_epochs'],
                                                           milestones=p['milestones'], gamma=p['gamma']))
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(p['amp']) if dev.type == 'cuda' else None
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
@@ -353,13 +384,15 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
     for epoch in range(start, p['epochs']):
         t0 = time.time()
         sampler.set_epoch(epoch); gen.manual_seed(p['seed'] * 1_000_003 + epoch)
+        aug = torch.Generator(dev).manual_seed(seed_of(p['seed'], epoch, rank))
+        prep = partial(data.pipeline.train_batch, generator=aug, channels_last=p['channels_last'])
         w = drw_weight(epoch, p['drw_epoch'], data.class_counts, p['drw_beta'])
         crit.weight = base_weight if w is None else w.to(dev)   # the loss's own weights ('cb') until DRW
         meter = FactorMeter(data.class_counts, dev) if has_factors else None
         lr_now = opt.param_groups[0]['lr']
-        with tqdm(total=len(sampler) * world, desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True,
+        with tqdm(total=len(batches) * p['batch_size'], desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True,
                   leave=False, disable=not bars, dynamic_ncols=True) as bar:
-            tot = train_epoch(model, loader, crit, opt, sched, scaler, dev, amp_dtype, p['channels_last'], meter, bar if bars else None)
+            tot = train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter, bar if bars else None)
         loss_sum, correct, n = tot.tolist()
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"the training loss became {loss_sum} in epoch {epoch + 1}: lower lr, or use amp='bf16'/'off' "
@@ -378,20 +411,20 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
                                    f"{n / rec['seconds']:.0f} img/s  {rec['seconds']:.1f}s" + ('  [DRW]' if w is not None else ''))
     ebar.close()
 
-    scale = p['scale'] if p['cosine'] else 1.0
     if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
         for b in raw.buffers(): dist.broadcast(b, 0)
-    parts = _all_gather(predict(raw, data.test, max(per_rank_bs, 1) * 2, p['workers'], dev.type, amp_dtype, p['channels_last'], scale))
+    ev = evaluate(raw, data, p, dev, amp_dtype, rank, world, out)
     if rank != 0: return None
-    idx = torch.tensor([i for part in parts for i in part[0]], dtype=torch.long)
-    order = idx.argsort()
-    preds, targets, probs = (torch.cat([part[k] for part in parts])[order] for k in (1, 2, 3))
+    preds, targets, probs = ev['preds'], ev['targets'], ev['probs']
     pca = per_class_accuracy(preds, targets, data.num_classes)
+    pc_adj = per_class_accuracy(ev['adjusted_preds'], targets, data.num_classes)
     seconds = sum(h['seconds'] for h in history)
     res = dict(params=p, dataset=data.name, loss=p['loss'], class_counts=list(map(int, data.class_counts)),
                class_names=list(data.class_names), meta=data.meta,
-               per_class_acc=[None if math.isnan(a) else a for a in pca.tolist()],
+               per_class_acc=_nan_to_none(pca.tolist()),
                top1=group_accuracy(pca, data.class_counts), history=history,
+               posthoc_logit_adjust=dict(tau=1.0, per_class_acc=_nan_to_none(pc_adj.tolist()), top1=group_accuracy(pc_adj, data.class_counts)),
+               test_logits=dict(file='test_logits.npy', dtype='float16', scaled_by=ev['scale']),
                test_targets=targets.tolist(), true_class_prob=[round(v, 4) for v in probs.tolist()],
                seconds=time.time() - t_start, train_seconds=seconds,
                images_per_second=sum(h['images'] for h in history) / max(seconds, 1e-9), env=_env(p, world))
@@ -399,6 +432,22 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
     t = res['top1']; f = lambda v: '-' if v is None else f'{v:.1f}'
     _log(p, rank, f"top-1 all {f(t['all'])}  many {f(t['many'])}  medium {f(t['medium'])}  few {f(t['few'])}  -> {out / 'results.json'}")
     return res
+
+def _nan_to_none(xs): return [None if math.isnan(a) else a for a in xs]
+
+def evaluate(model, data, p, dev, amp_dtype, rank=0, world=1, out=None) -> dict:
+    "Predictions on the test set (rank 0 gets all; the others None), plus post-hoc logit-adjusted ones; writes out/test_logits.npy."
+    scale = p['scale'] if p['cosine'] else 1.0
+    prep = partial(data.pipeline.test_batch, channels_last=p['channels_last'])
+    idx, outs = predict(model, data.test, prep, max(p['batch_size'] // world, 1) * 2, p['workers'], dev, amp_dtype, data.num_classes)
+    logits, targets = scale * outs, torch.as_tensor(data.test.targets)[idx]
+    if out is not None: save_logits(Path(out) / 'test_logits.npy', idx, logits, len(data.test), rank, world)
+    adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)   # PC Softmax / post-hoc logit adjustment
+    parts = _all_gather((idx, logits.argmax(1), targets, true_class_prob(logits, targets), adjusted.argmax(1)))
+    if rank != 0: return None
+    order = torch.tensor([i for part in parts for i in part[0]], dtype=torch.long).argsort()
+    cat = lambda k: torch.cat([part[k] for part in parts])[order]
+    return dict(preds=cat(1), targets=cat(2), probs=cat(3), adjusted_preds=cat(4), scale=scale)
 
 # %% ../nbs/04_train.ipynb #257aad87
 class _Parser(argparse.ArgumentParser):
@@ -489,25 +538,37 @@ def run_torchrun(nproc: int, **kw) -> dict:
 
 # %% ../nbs/04_train.ipynb #c5204d53
 def _bare_loop(p, data, epochs):
-    "Images/s of a plain SGD loop on the same model, data, batch size, loss and optimiser as `train()`."
+    "Images/s of a hand-written loop over the in-memory uint8 images (batch crop + flip, channels_last)."
     torch.manual_seed(p['seed'])
-    model = build_model(p['arch'], data.num_classes, cosine=p['cosine'])
+    model = build_model(p['arch'], data.num_classes, cosine=p['cosine']).to(memory_format=torch.channels_last)
     crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
     opt = torch.optim.SGD(model.parameters(), lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
-    loader = DataLoader(data.train, batch_size=p['batch_size'], shuffle=True, num_workers=p['workers'])
-    model.train(); n = 0; t = time.perf_counter()
+    images = torch.from_numpy(data.train.data).permute(0, 3, 1, 2)          # uint8 [N, 3, H, W]
+    labels, bs, pad = torch.from_numpy(data.train.targets), p['batch_size'], data.pipeline.train_batch.pad
+    norm = data.pipeline.train_batch
+    size = images.shape[-1]
+    model.train(); seen = 0; start = time.perf_counter()
     for _ in range(epochs):
-        for x, y in loader:
-            loss = crit(model(x), y)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); n += len(y)
-    return n / (time.perf_counter() - t)
+        perm = torch.randperm(len(labels))
+        for k in range(len(labels) // bs):
+            idx = perm[k * bs:(k + 1) * bs]
+            padded = F.pad(images[idx], (pad, pad, pad, pad))
+            top, left = torch.randint(0, 2 * pad + 1, (2, bs)).tolist()
+            x = torch.stack([padded[b, :, top[b]:top[b] + size, left[b]:left[b] + size] for b in range(bs)])
+            mirror = torch.rand(bs) < 0.5
+            x[mirror] = x[mirror].flip(3)
+            x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=torch.channels_last)
+            loss = crit(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); seen += bs
+    return seen / (time.perf_counter() - start)
 
 def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw) -> dict:
-    "Images/s of `train()` vs a bare loop (CPU), alternated `repeats` times; ratio = best train / best bare."
+    "Images/s of `train()` vs a bare in-memory loop (CPU), alternated `repeats` times; ratio = best train / best bare."
     import tempfile, statistics
     p = resolve_params(dataset=dataset, loss=loss, epochs=epochs, device='cpu', **kw)
     data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
                         transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'])
+    if not isinstance(data.train, ArrayDataset): raise ValueError(f"loop_overhead compares in-memory loops; {dataset} streams from disk")
     bare, eng = [], []
     for _ in range(repeats):
         bare.append(_bare_loop(p, data, epochs))

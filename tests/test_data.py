@@ -223,9 +223,13 @@ def test_synthetic_is_fast():
 def test_transform_override():
     d = load_dataset('synthetic-lt', transform='cifar')
     assert d.transform == 'cifar' and d.train[0][0].shape == (3, 32, 32)
-    tr, te = make_transforms('synthetic', 16)
-    d = load_dataset('synthetic-lt', transform=(tr, te))
-    assert d.transform == 'custom'
+    import torchvision.transforms as T
+    tf = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)])   # your own per-image transforms
+    d = load_dataset('synthetic-lt', transform=(tf, tf))
+    assert d.transform == 'custom' and d.train[0][0].dtype == torch.float32
+    x = torch.stack([d.train[i][0] for i in range(4)])
+    assert torch.equal(d.pipeline.train_batch(x), x)      # their float output is used as it is
+    assert make_transforms('synthetic', 16).size == 16
     with pytest.raises(ValueError, match='unknown transform'):
         load_dataset('synthetic-lt', transform='bogus')
 
@@ -241,3 +245,66 @@ def test_shared_file_fixtures_keep_list_counts(tmp_path):
     assert d.class_counts == counts and len(list((tmp_path/'inat').rglob('*.jpg'))) == 20
     counts = make_split_list_tree(tmp_path/'pl', 'places-lt', num_classes=9, share_files=True)
     assert load_dataset('places-lt', tmp_path/'pl').class_counts == counts
+
+
+# ---- CIFAR as an image-folder copy (the layout of ../shared/datasets/cifar10-jpeg.tar) ----
+from ala_paper.fixtures import make_cifar_folders
+from ala_paper.data import ArrayDataset, ArrayBatches
+
+SHARED_TAR = Path(__file__).resolve().parents[2]/'shared'/'datasets'/'cifar10-jpeg.tar'
+
+
+def test_cifar_folders_match_pickle_protocol(tmp_path):
+    make_cifar_folders(tmp_path, 'cifar10-lt', per_class=50, test_per_class=2)
+    d = load_dataset('cifar10-lt', tmp_path, imbalance_ratio=10, seed=3)
+    assert d.class_counts == cifar_lt_counts(50, 10, 10) and d.meta['layout'] == 'folders'
+    assert isinstance(d.train, ArrayDataset) and d.train.data.shape[1:] == (32, 32, 3) and len(d.test) == 20
+    assert d.class_names == [f'class{c:03d}' for c in range(10)]
+    assert d.meta['train_sha256'] != load_dataset('cifar10-lt', tmp_path, imbalance_ratio=10, seed=4).meta['train_sha256']
+    x, y = next(iter(ArrayBatches(d.train, 8)))
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, 32, 32)
+
+
+def test_cifar100_folders(tmp_path):
+    make_cifar_folders(tmp_path, 'cifar100-lt', per_class=10, test_per_class=1)
+    d = load_dataset('cifar100-lt', tmp_path, imbalance_ratio=10)
+    assert d.num_classes == 100 and d.class_counts == cifar_lt_counts(10, 100, 10)
+
+
+@pytest.mark.parametrize('damage,message', [
+    (lambda r: __import__('shutil').rmtree(r/'train'/'class003'), r"train has 9 class folders, cifar10-lt needs 10"),
+    (lambda r: (r/'test'/'class010').mkdir(), r"test has 11 class folders"),
+    (lambda r: (r/'test'/'class003').rename(r/'test'/'other'), r"train/ and test/ name different classes \(class003, other\)"),
+    (lambda r: (r/'train'/'class002'/'0001.jpeg').write_bytes(b'broken'), r"cannot decode image .*class002/0001.jpeg"),
+    (lambda r: __import__('PIL.Image').Image.new('RGB', (64, 64)).save(r/'test'/'class001'/'0000.jpeg', 'JPEG'),
+     r"class001/0000.jpeg is 64x64 pixels, expected 32x32"),
+    (lambda r: [p.unlink() for p in (r/'test'/'class007').iterdir()], r"test/class007 holds no images"),
+    (lambda r: __import__('shutil').rmtree(r/'test'), r"holds neither cifar-10-batches-py/ .* nor train/ and test/"),
+])
+def test_cifar_folder_errors(tmp_path, damage, message):
+    make_cifar_folders(tmp_path, 'cifar10-lt', per_class=4, test_per_class=1)
+    damage(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_dataset('cifar10-lt', tmp_path, imbalance_ratio=2)
+
+
+@pytest.mark.skipif(not SHARED_TAR.is_file(), reason=f'{SHARED_TAR} absent (only on the project machines)')
+def test_shared_cifar10_jpeg_copy(tmp_path):
+    "A few hundred real images from the shared tar, in its own layout, through the loader and one training step."
+    import tarfile
+    from ala_paper.train import train
+    keep = {}
+    with tarfile.open(SHARED_TAR) as tar:
+        for m in tar:
+            if not m.isfile(): continue
+            split, cls = m.name.split('/')[-3:-1]
+            if keep.setdefault((split, cls), 0) < (30 if split == 'train' else 5):
+                keep[(split, cls)] += 1
+                tar.extract(m, tmp_path, filter='data')
+    root = next(p.parent for p in tmp_path.rglob('train'))
+    d = load_dataset('cifar10-lt', root, imbalance_ratio=10)
+    assert d.class_names == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+    assert d.class_counts == cifar_lt_counts(30, 10, 10) and len(d.test) == 50
+    r = train('cifar10-lt', root, loss='ala', imbalance_ratio=10, epochs=1, batch_size=32, out_dir=tmp_path/'run',
+              verbose=False, progress=False)
+    assert r['meta']['layout'] == 'folders' and len(r['per_class_acc']) == 10

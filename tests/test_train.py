@@ -77,7 +77,7 @@ def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
     from ala_paper.train import run_torchrun
     out = tmp_path / 'ddp'
     ret = run_torchrun(2, epochs=2, out_dir=out, verbose=False)
-    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json']
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json', 'test_logits.npy']
     assert ret == results(out)
     res = results(out)
     check_results(res, 2)
@@ -85,7 +85,8 @@ def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
     n_test = len(res['meta']['count']) * res['meta']['test_per_class']
     assert len(res['test_targets']) == n_test                           # every test image once, none twice
     assert res['test_targets'] == sorted(res['test_targets'])            # in dataset order
-    assert res['history'][0]['images'] >= sum(res['class_counts'])
+    per_rank, bs = -(-sum(res['class_counts']) // 2), res['params']['batch_size'] // 2
+    assert res['history'][0]['images'] == per_rank // bs * bs * 2          # full batches only, on both processes
 
 
 # --- exact resume --------------------------------------------------------------------------------------
