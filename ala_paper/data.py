@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'LTData', 'fit_image', 'ToUint8', 'random_crop_flip',
-           'BatchTransform', 'Pipeline', 'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb',
-           'ArrayDataset', 'decode_images', 'ArrayBatches', 'read_split_list', 'check_files_exist',
-           'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts', 'long_tail_select',
-           'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders', 'synthetic_layout',
-           'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
+__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'DEFAULT_TRANSFORM', 'LTData', 'fit_image', 'ToUint8',
+           'random_crop_flip', 'BatchTransform', 'Pipeline', 'make_transforms', 'custom_pipeline', 'ImageListDataset',
+           'open_rgb', 'ArrayDataset', 'decode_images', 'ArrayBatches', 'EncodedImages', 'collate_encoded',
+           'random_resized_box', 'DeviceDecoder', 'read_split_list', 'check_files_exist', 'class_counts_from_labels',
+           'fits_in_memory', 'read_inat_json', 'cifar_lt_counts', 'long_tail_select', 'read_cifar', 'read_image_folder',
+           'cifar_layout', 'read_cifar_folders', 'synthetic_layout', 'synthetic_images', 'synthetic_lt',
+           'plot_synthetic_examples', 'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
 DATASETS = ('synthetic-lt', 'cifar10-lt', 'cifar100-lt', 'imagenet-lt', 'places-lt', 'inat2018', 'split-list')
@@ -43,7 +44,7 @@ class LTData:
 _NORM = dict(imagenet=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              cifar=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
              synthetic=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
-TRANSFORMS = ('imagenet', 'cifar', 'synthetic')
+TRANSFORMS = ('imagenet', 'imagenet-jitter', 'cifar', 'synthetic')
 _CROP_PAD = dict(cifar=4, synthetic=2)   # LDAM's pad-4 crop at 32 px; the same idea at synthetic-lt's 16 px
 
 def fit_image(img: Image.Image, size: int) -> Image.Image:
@@ -115,9 +116,10 @@ def make_transforms(name: str, size: int | None = None) -> Pipeline:
     "The `Pipeline` of transform `name` in `TRANSFORMS` (`size` only for `synthetic`)."
     import torchvision.transforms as T
     if name not in TRANSFORMS: raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
-    norm = _NORM[name]
-    if name == 'imagenet':
-        return Pipeline(name, T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]),
+    norm = _NORM['imagenet' if name.startswith('imagenet') else name]
+    if name.startswith('imagenet'):
+        jitter = [T.ColorJitter(0.4, 0.4, 0.4)] if name == 'imagenet-jitter' else []   # LADE's Places-LT augmentation
+        return Pipeline(name, T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *jitter, T.PILToTensor()]),
                         T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()]),
                         BatchTransform(*norm), BatchTransform(*norm))
     size = 32 if name == 'cifar' else (size or 16)
@@ -164,7 +166,7 @@ IN_MEMORY_MAX_BYTES = 4 * 2**30
 def decode_images(root, paths, size: int, fit: bool = True, desc: str | None = None) -> np.ndarray:
     "uint8 `[N, size, size, 3]` from the image files `root/paths`; `fit=False`: a file of another size is an error."
     from concurrent.futures import ThreadPoolExecutor
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     def one(i):
         path = os.path.join(str(root), paths[i])
@@ -192,6 +194,10 @@ class ArrayBatches:
             self.labels = self.labels.to(device) if on_gpu else self.labels.pin_memory()
         self.batch_size, self.sampler, self.drop_last, self.device = batch_size, sampler, drop_last, device
 
+    def set_epoch(self, epoch: int):
+        "Pass the epoch to the sampler (DistributedSampler's shuffle depends on it)."
+        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
+
     def __len__(self):
         n = len(self.sampler) if self.sampler is not None else len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -202,6 +208,58 @@ class ArrayBatches:
             idx = order[k * self.batch_size:(k + 1) * self.batch_size].to(self.images.device)
             x, y = self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+# %% ../nbs/02_data.ipynb #e3263efa
+class EncodedImages(torch.utils.data.Dataset):
+    "The files of an `ImageListDataset`, undecoded: `(uint8 bytes, label)`, to decode on the training device."
+    def __init__(self, images: ImageListDataset): self.images = images
+    def __len__(self): return len(self.images)
+    def __getitem__(self, i):   # a numpy array crosses from a worker by plain pickling, without file-descriptor sharing
+        return np.fromfile(self.images.path(i), dtype=np.uint8), int(self.images.targets[i])
+
+def collate_encoded(batch):
+    "A batch of encoded files stays a list (their lengths differ)."
+    return [b for b, _ in batch], torch.tensor([y for _, y in batch])
+
+def random_resized_box(h: int, w: int, generator=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    "RandomResizedCrop's box `(top, left, height, width)`: 10 tries at a random area and aspect, else the centred whole."
+    log_r = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        area = h * w * float(torch.empty(1).uniform_(*scale, generator=generator))
+        aspect = float(torch.exp(torch.empty(1).uniform_(float(log_r[0]), float(log_r[1]), generator=generator)))
+        cw, ch = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator)); left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+            return top, left, ch, cw
+    aspect = w / h
+    cw, ch = (round(h * ratio[1]), h) if aspect > ratio[1] else ((w, round(w / ratio[0])) if aspect < ratio[0] else (w, h))
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+class DeviceDecoder:
+    "Decodes a list of encoded images on `device` and crops each like the `imagenet` pipeline: a uint8 `[B, 3, 224, 224]` batch."
+    def __init__(self, train: bool, size: int = 224): self.train, self.size = train, size
+    def __call__(self, files, device, generator=None):
+        import torchvision.io as io
+        import torchvision.transforms.v2.functional as TF
+        files = [torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in files]
+        try: images = io.decode_jpeg(files, mode=io.ImageReadMode.RGB, device=device)
+        except RuntimeError:   # a PNG, or a JPEG nvJPEG refuses: decode one by one, on the CPU where needed
+            images = [self._one(f, device) for f in files]
+        out = []
+        for img in images:
+            if self.train:
+                top, left, h, w = random_resized_box(*img.shape[-2:], generator=generator)
+                img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
+                if float(torch.rand(1, generator=generator)) < 0.5: img = img.flip(-1)
+            else:
+                img = TF.center_crop(TF.resize(img, [round(self.size * 256 / 224)], antialias=True), [self.size, self.size])
+            out.append(img)
+        return torch.stack(out)
+    @staticmethod
+    def _one(f, device):
+        import torchvision.io as io
+        try: return io.decode_jpeg(f, mode=io.ImageReadMode.RGB, device=device)
+        except RuntimeError: return io.decode_image(f, mode=io.ImageReadMode.RGB).to(device)
 
 # %% ../nbs/02_data.ipynb #5c0e2ee3
 def read_split_list(path) -> tuple[list, np.ndarray]:
@@ -529,7 +587,7 @@ def _synthetic(seed, pipe, size=16, **kw):
                 num_classes=len(classes), meta=meta)
 
 # %% ../nbs/02_data.ipynb #5c7621d2
-_DEFAULT_TF = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt': 'cifar'}
+DEFAULT_TRANSFORM = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt': 'cifar', 'places-lt': 'imagenet-jitter'}
 _LISTS = {'imagenet-lt': ('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'),
           'places-lt': ('Places_LT_train.txt', 'Places_LT_test.txt')}
 
@@ -546,7 +604,7 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if synthetic_kw and dataset != 'synthetic-lt':
         raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
-    tname = transform if transform is not None else _DEFAULT_TF.get(dataset, 'imagenet')
+    tname = transform if transform is not None else DEFAULT_TRANSFORM.get(dataset, 'imagenet')
     pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':
         d = _synthetic(seed, pipe, **synthetic_kw)

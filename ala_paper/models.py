@@ -4,6 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #c9b2211f
 from __future__ import annotations
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,12 +12,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'CosineClassifier', 'BasicBlock', 'CifarResNet', 'LTNet',
-           'load_backbone_weights', 'build_model']
+__all__ = ['CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'exact_fp32', 'CosineClassifier', 'BasicBlock', 'CifarResNet', 'LTNet',
+           'load_backbone_weights', 'imagenet_weights', 'weights_file', 'build_model']
 
 # %% ../nbs/01_models.ipynb #a94a7fe2
+@contextmanager
+def exact_fp32():
+    "Inside: autocast off and TF32 off, so a matmul runs in IEEE float32 on every device."
+    matmul = torch.backends.cuda.matmul
+    tf32 = matmul.allow_tf32
+    matmul.allow_tf32 = False
+    try:
+        with torch.autocast('cuda', enabled=False), torch.autocast('cpu', enabled=False): yield
+    finally: matmul.allow_tf32 = tf32
+
 class CosineClassifier(nn.Module):
-    "Bias-free linear layer on L2-normalised features and class vectors: outputs cos θ in [-1, 1] (eq. 5)."
+    "Bias-free linear layer on L2-normalised features and class vectors: outputs cos θ in [-1, 1] (eq. 5), in float32."
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.in_features, self.num_classes = in_features, num_classes
@@ -24,7 +35,8 @@ class CosineClassifier(nn.Module):
         self.weight = nn.Parameter(w / w.norm(dim=1, keepdim=True))
 
     def forward(self, x):
-        return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+        with exact_fp32():
+            return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def extra_repr(self): return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
@@ -122,26 +134,43 @@ def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str = '
     return backbone
 
 # %% ../nbs/01_models.ipynb #0166b56b
-def _pretrained_state_dict(arch: str, pretrained):
-    "The state_dict that `pretrained` names (torchvision weights or a local file) and a description of its source."
-    if pretrained is True or pretrained == 'imagenet':
+def imagenet_weights(arch: str, name: str = 'IMAGENET1K_V1'):
+    "torchvision's ImageNet weights entry `name` (e.g. IMAGENET1K_V1, IMAGENET1K_V2) for `arch`."
+    import torchvision
+    entries = torchvision.models.get_model_weights(arch)
+    if name not in entries.__members__:
+        raise ValueError(f"{arch} has no torchvision weights {name!r}; choose one of: {', '.join(entries.__members__)}")
+    return entries[name]
+
+def weights_file(weights) -> Path:
+    "Where torchvision keeps `weights` once downloaded: `$TORCH_HOME/hub/checkpoints/<file name of its URL>`."
+    return Path(torch.hub.get_dir()) / 'checkpoints' / Path(weights.url).name
+
+def _pretrained_state_dict(arch: str, pretrained, download: bool = False):
+    "The state_dict that `pretrained` names (torchvision ImageNet weights or a local file) and a description of its source."
+    if pretrained is True or pretrained == 'imagenet': pretrained = 'IMAGENET1K_V1'
+    if isinstance(pretrained, str) and pretrained.startswith('IMAGENET1K_'):
         if arch not in TORCHVISION_ARCHS:
             raise ValueError(f"no ImageNet weights for {arch!r}: pass a local state_dict file as pretrained, or use one of {TORCHVISION_ARCHS}")
-        import torchvision
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-        return weights.get_state_dict(progress=True), f"torchvision {weights}"
+        weights = imagenet_weights(arch, pretrained)
+        path = weights_file(weights)
+        if not path.is_file() and not download:
+            raise FileNotFoundError(f"ImageNet weights for {arch} ({weights.name}) not found at {path}: put {weights.url} there "
+                                    f"(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it), pass download=True where "
+                                    f"there is internet, or pass pretrained=/path/to/state_dict.pth")
+        return weights.get_state_dict(progress=False), f"torchvision {arch} {weights.name} ({path.name})"
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path} (pass an existing state_dict file, 'imagenet', or None)")
     return torch.load(path, map_location='cpu', weights_only=True), str(path)
 
 # %% ../nbs/01_models.ipynb #0fd96c37
-def build_model(arch: str, num_classes: int, cosine: bool, pretrained=None) -> LTNet:
+def build_model(arch: str, num_classes: int, cosine: bool, pretrained=None, download: bool = False) -> LTNet:
     "Backbone `arch` (one of `ARCHS`) + cosine (eq. 5) or linear head for `num_classes`; optional pretrained backbone."
     if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     if num_classes < 1: raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     backbone, dim = _make_backbone(arch)
     if pretrained not in (None, False, ''):
-        load_backbone_weights(backbone, *_pretrained_state_dict(arch, pretrained))
+        load_backbone_weights(backbone, *_pretrained_state_dict(arch, pretrained, download))
     head = CosineClassifier(dim, num_classes) if cosine else nn.Linear(dim, num_classes)
     return LTNet(backbone, head)

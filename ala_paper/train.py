@@ -18,16 +18,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .data import DATASETS, ArrayBatches, ArrayDataset, load_dataset
+from .data import (DEFAULT_TRANSFORM, DATASETS, ArrayBatches, ArrayDataset, DeviceDecoder, EncodedImages, collate_encoded,
+                            load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'project_root', 'git_commit', 'resolve_params',
+__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'project_root', 'git_commit', 'resolve_params', 'auto_amp',
            'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
-           'atomic_save', 'atomic_write_json', 'dist_env', 'seed_of', 'make_batches', 'train_epoch', 'predict',
-           'save_logits', 'train', 'evaluate', 'cli_parser', 'main', 'cli_args', 'run_torchrun', 'loop_overhead']
+           'atomic_save', 'atomic_write_json', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
+           'global_weighted_mean', 'train_epoch', 'predict', 'save_logits', 'train', 'error_line', 'evaluate',
+           'run_banner', 'cli_parser', 'main', 'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #35ea3d68
 def project_root() -> Path:
@@ -47,31 +49,32 @@ def git_commit(root=None):
     except (OSError, subprocess.SubprocessError): return None
 
 # %% ../nbs/04_train.ipynb #0ec50b76
-_IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False, workers=8)
+_IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False, workers=8,
+                       backbone_lr=None)
+_SMALL = dict(momentum=0.9, scale=30.0, drw_beta=0.9999, pretrained=False, backbone_lr=None)
 PRESETS = {
-    'synthetic-lt': dict(arch='resnet8', epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, momentum=0.9,
-                         warmup_epochs=2, milestones=(24,), gamma=0.1, drw_epoch=24, scale=30.0, drw_beta=0.9999,
-                         pretrained=False, workers=0),
-    'cifar10-lt': dict(arch='resnet32', epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, momentum=0.9,
-                       warmup_epochs=5, milestones=(160, 180), gamma=0.01, drw_epoch=160, scale=30.0, drw_beta=0.9999,
-                       pretrained=False, workers=4),
+    'synthetic-lt': dict(_SMALL, arch='resnet8', epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
+                         warmup_epochs=2, milestones=(24,), gamma=0.1, drw_epoch=24, workers=0),
+    'cifar10-lt': dict(_SMALL, arch='resnet32', epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4,
+                       warmup_epochs=5, milestones=(160, 180), gamma=0.01, drw_epoch=160, workers=4),
     'imagenet-lt': dict(_IMAGENET_SCALE, arch='resnext50_32x4d', epochs=90, batch_size=256, lr=0.1, weight_decay=5e-4,
                         milestones=(60, 80), drw_epoch=60),
     'inat2018': dict(_IMAGENET_SCALE, arch='resnet50', epochs=90, batch_size=512, lr=0.2, weight_decay=2e-4,
                      milestones=(60, 80), drw_epoch=60),
-    'places-lt': dict(_IMAGENET_SCALE, arch='resnet152', epochs=30, batch_size=256, lr=0.05, weight_decay=5e-4,
-                      warmup_epochs=1, milestones=(20, 25), drw_epoch=20, pretrained='imagenet'),
+    'places-lt': dict(_IMAGENET_SCALE, arch='resnet152', epochs=30, batch_size=128, lr=0.05, backbone_lr=0.001,
+                      weight_decay=5e-4, warmup_epochs=0, milestones=(9, 19, 29), drw_epoch=19, pretrained='IMAGENET1K_V1'),
 }
 PRESETS['cifar100-lt'] = dict(PRESETS['cifar10-lt'])
 PRESETS['split-list'] = dict(PRESETS['imagenet-lt'], arch='resnet50')
 
 # %% ../nbs/04_train.ipynb #fa0c6943
 TRAIN_DEFAULTS = dict(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=None, batch_size=None, lr=None,
+                      backbone_lr=None,
                       weight_decay=None, drw_epoch=None, seed=0, device=None, out_dir=None, resume=False, workers=None,
                       train_list=None, test_list=None, transform=None, imbalance_ratio=100,
                       # beyond the common names: the rest of the recipe and the engine's switches
                       pretrained=None, momentum=None, warmup_epochs=None, milestones=None, gamma=None, scale=None,
-                      drw_beta=None, data_seed=None, in_memory=None, amp=None, channels_last=None, compile=False, deterministic=False,
+                      drw_beta=None, data_seed=None, in_memory=None, decode_on_device=False, amp=None, channels_last=None, compile=False, deterministic=False,
                       progress=None, verbose=True, download=False, loss_kw=None)
 CHECKPOINT = 'checkpoint.pt'
 DRW_LOSSES = frozenset(COSINE_LOSSES)   # losses that get the preset's DRW by default
@@ -89,21 +92,22 @@ def resolve_params(**kw) -> dict:
     if p['drw_epoch'] is None and p['loss'] not in DRW_LOSSES: p['drw_epoch'] = -1
     if p['workers'] is None: p['workers'] = min(preset['workers'], cpus_per_process())
     if p['data_seed'] is None: p['data_seed'] = p['seed']   # a seed redraws the long-tailed subset too
+    if p['backbone_lr'] is None: p['backbone_lr'] = preset['backbone_lr'] or p['lr'] or preset['lr']
     for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'momentum',
               'warmup_epochs', 'milestones', 'gamma', 'scale', 'drw_beta'):
         if p[k] is None: p[k] = preset[k]
     if p['arch'] not in ARCHS: raise ValueError(f"unknown arch {p['arch']!r}; choose one of: {', '.join(ARCHS)}")
     if p['pretrained'] is None: p['pretrained'] = preset['pretrained'] if p['arch'] in TORCHVISION_ARCHS else False
-    if p['pretrained'] not in (False, True, 'imagenet'):
+    if p['pretrained'] not in (False, True, 'imagenet') and not str(p['pretrained']).startswith('IMAGENET1K_'):
         p['pretrained'] = str(p['pretrained'])
         if not Path(p['pretrained']).expanduser().is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {p['pretrained']} (pass an existing state_dict file, 'imagenet', or False)")
     for k, lo in (('epochs', 1), ('batch_size', 1), ('workers', 0), ('seed', 0), ('data_seed', 0), ('warmup_epochs', 0), ('drw_epoch', -1)):
         if not _int_like(p[k]) or p[k] < lo: raise ValueError(f"{k} must be an integer >= {lo}, got {p[k]!r}")
         p[k] = int(p[k])
-    for k, lo in (('lr', 0), ('weight_decay', 0), ('momentum', 0), ('gamma', 0), ('scale', 0), ('drw_beta', 0)):
-        if not isinstance(p[k], (int, float)) or isinstance(p[k], bool) or not math.isfinite(p[k]) or p[k] < lo or (k in ('lr', 'scale', 'gamma') and p[k] == 0):
-            raise ValueError(f"{k} must be a {'positive' if k in ('lr', 'scale', 'gamma') else 'non-negative'} number, got {p[k]!r}")
+    for k, lo in (('lr', 0), ('backbone_lr', 0), ('weight_decay', 0), ('momentum', 0), ('gamma', 0), ('scale', 0), ('drw_beta', 0)):
+        if not isinstance(p[k], (int, float)) or isinstance(p[k], bool) or not math.isfinite(p[k]) or p[k] < lo or (k in ('lr', 'backbone_lr', 'scale', 'gamma') and p[k] == 0):
+            raise ValueError(f"{k} must be a {'positive' if k in ('lr', 'backbone_lr', 'scale', 'gamma') else 'non-negative'} number, got {p[k]!r}")
         p[k] = float(p[k])
     if p['drw_beta'] >= 1: raise ValueError(f"drw_beta must be in [0, 1) (class-balanced weights are 0/0 at 1), got {p['drw_beta']!r}")
     ir = p['imbalance_ratio']
@@ -116,9 +120,16 @@ def resolve_params(**kw) -> dict:
     amp = {None: None, True: None, False: 'off', 'off': 'off', 'none': 'off', 'bf16': 'bf16', 'fp16': 'fp16'}
     if p['amp'] not in amp: raise ValueError(f"amp must be one of bf16, fp16, off (or None for automatic), got {p['amp']!r}")
     p['amp'] = amp[p['amp']]
+    if p['device'] is None and p['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
+        raise ValueError(f"{p['dataset']} trains {p['arch']}, which needs a GPU, but torch {torch.__version__} (built for CUDA "
+                         f"{torch.version.cuda}) sees none; check nvidia-smi (a driver older than that CUDA hides the GPU), "
+                         f"or pass device='cpu' to train on the CPU anyway (days)")
     p['device'] = _resolve_device(p['device'])
-    if p['amp'] is None: p['amp'] = ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if p['device'] == 'cuda' else 'off'
+    if p['amp'] is None: p['amp'] = auto_amp() if p['device'] == 'cuda' else 'off'
     if p['channels_last'] is None: p['channels_last'] = True   # faster on CUDA and, measured, on the CPU too
+    if p['decode_on_device'] not in (True, False): raise ValueError(f"decode_on_device must be True or False, got {p['decode_on_device']!r}")
+    if p['decode_on_device'] and (p['transform'] or DEFAULT_TRANSFORM.get(p['dataset'], 'imagenet')) != 'imagenet':
+        raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or decode_on_device=False")
     if p['in_memory'] not in (None, True, False): raise ValueError(f"in_memory must be True, False or None (automatic), got {p['in_memory']!r}")
     if p['loss_kw'] is not None and not isinstance(p['loss_kw'], dict): raise ValueError(f"loss_kw must be a dict of loss options, got {p['loss_kw']!r}")
     p['loss_kw'] = dict(p['loss_kw'] or {})
@@ -129,6 +140,11 @@ def resolve_params(**kw) -> dict:
     if p['resume'] and not (Path(p['out_dir']) / CHECKPOINT).is_file():
         raise ValueError(f"resume=True but there is no {CHECKPOINT} in {p['out_dir']}: run without resume first, or point out_dir at the interrupted run")
     return p
+
+def auto_amp() -> str:
+    "bf16 where the GPU computes it natively (compute capability 8.0+: A100, H100, RTX 30xx...), else fp16 with a GradScaler."
+    native = torch.cuda.get_device_capability()[0] >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+    return 'bf16' if native else 'fp16'
 
 def cpus_per_process() -> int:
     "CPUs this process may use, shared among the processes torchrun starts on this machine."
@@ -186,14 +202,16 @@ def get_rng_state() -> dict:
     return dict(python=random.getstate(), torch=torch.get_rng_state(),
                 numpy=dict(key=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
                            has_gauss=int(np_state[3]), cached=float(np_state[4])),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
 
 def set_rng_state(s: dict):
     "Restore what `get_rng_state` captured."
     random.setstate((s['python'][0], tuple(s['python'][1]), s['python'][2]))
     torch.set_rng_state(s['torch'])
     n = s['numpy']; np.random.set_state(('MT19937', n['key'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
-    if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    cuda = s.get('cuda')
+    if isinstance(cuda, (list, tuple)): cuda = cuda[0] if cuda else None    # checkpoints before the one-device format
+    if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own device
 
 def atomic_save(obj, path):
     "torch.save to a temporary file in the same folder, then rename over `path` (atomic on POSIX)."
@@ -223,20 +241,68 @@ def seed_of(*parts) -> int:
     "A 63-bit seed from integers such as (seed, epoch, rank): an independent random stream for each combination."
     return int(np.random.SeedSequence([int(v) for v in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
+class SeededSampler:
+    "Wraps a sampler to yield `(index, image seed)`: the seed mixes (seed, epoch, rank) with the index, cheaply."
+    def __init__(self, sampler, seed: int, rank: int = 0):
+        self.sampler, self.seed, self.rank, self.base = sampler, seed, rank, seed_of(seed, 0, rank)
+    def set_epoch(self, epoch: int):
+        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
+        self.base = seed_of(self.seed, epoch, self.rank)
+    def __len__(self): return len(self.sampler)
+    def __iter__(self): return ((i, (self.base + i * 0x9E3779B97F4A7C15) % 2**63) for i in self.sampler)
+
+class SeededDataset(torch.utils.data.Dataset):
+    "Takes `(index, seed)` keys: seeds torch's RNG (what torchvision's random transforms draw from), returns `dataset[index]`."
+    def __init__(self, dataset): self.dataset = dataset
+    def __len__(self): return len(self.dataset)
+    def __getitem__(self, key):
+        i, seed = key
+        torch.manual_seed(seed); random.seed(seed)
+        return self.dataset[i]
+
 class _OnDevice:
     "A DataLoader whose batches are moved to `device` (without waiting, from pinned memory on CUDA)."
     def __init__(self, loader, device): self.loader, self.device = loader, device
     def __len__(self): return len(self.loader)
+    def set_epoch(self, epoch):
+        if hasattr(self.loader.sampler, 'set_epoch'): self.loader.sampler.set_epoch(epoch)
     def __iter__(self):
         for x, y in self.loader: yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, generator=None):
+class _DecodeOnDevice(_OnDevice):
+    "A DataLoader of encoded files whose batches are decoded and cropped on `device`, with a (seed, epoch, rank) generator."
+    def __init__(self, loader, device, decoder, seed, rank):
+        super().__init__(loader, device)
+        self.decoder, self.seed, self.rank, self.generator = decoder, seed or 0, rank, None
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.generator = torch.Generator().manual_seed(seed_of(self.seed, epoch, self.rank))
+    def __iter__(self):
+        for files, y in self.loader:
+            yield self.decoder(files, self.device, self.generator), y.to(self.device, non_blocking=True)
+
+def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, seed=None, rank=0, decode_on_device=False,
+                 train=True):
     "Batches `(images, labels)` on `device`: indexed from memory for an `ArrayDataset`, else decoded by DataLoader workers."
     if isinstance(dataset, ArrayDataset): return ArrayBatches(dataset, batch_size, sampler, drop_last, device)
-    return _OnDevice(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
-                                pin_memory=device.type == 'cuda', drop_last=drop_last), device)
+    if decode_on_device:
+        loader = DataLoader(EncodedImages(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                            drop_last=drop_last, collate_fn=collate_encoded, persistent_workers=workers > 0)
+        batches = _DecodeOnDevice(loader, device, DeviceDecoder(train), seed, rank)
+        batches.set_epoch(0)
+        return batches
+    if seed is not None: dataset, sampler = SeededDataset(dataset), SeededSampler(sampler, seed, rank)
+    return _OnDevice(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                                pin_memory=device.type == 'cuda', persistent_workers=workers > 0), device)
 
 # %% ../nbs/04_train.ipynb #cd9ccb88
+def global_weighted_mean(loss, weight, target):
+    "Under DDP, rescale a class-weighted mean loss so that DDP's average of gradients is that of the global batch's weighted mean."
+    if weight is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return loss
+    local = weight.to(loss.device)[target].sum().detach()     # this process's sum of sample weights
+    total = local.clone(); dist.all_reduce(total)           # ... and everyone's
+    return loss * local * dist.get_world_size() / total
+
 def train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter=None, bar=None):
     "One pass over `batches` (`prep` turns an image batch into the model's input); returns (loss sum, correct, images)."
     model.train()
@@ -248,11 +314,12 @@ def train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter
         with autocast():
             out = model(x)
         loss = crit(out.float(), y)
+        step_loss = global_weighted_mean(loss, crit.weight, y)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
+            scaler.scale(step_loss).backward(); scaler.step(opt); scaler.update()
         else:
-            loss.backward(); opt.step()
+            step_loss.backward(); opt.step()
         sched.step()
         with torch.no_grad():
             out = out.detach().float()
@@ -264,13 +331,13 @@ def train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter
     return _all_reduce(tot)
 
 @torch.no_grad()
-def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_classes):
+def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_classes, decode_on_device=False):
     "(indices, float32 outputs) on this process's shard (every world_size-th sample) of `dataset`."
     rank, world, _ = dist_env()
     idx = list(range(rank, len(dataset), world))
     model.eval(); outs = []
     autocast = partial(torch.autocast, device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext
-    for x, _ in make_batches(dataset, batch_size, idx, workers, device):
+    for x, _ in make_batches(dataset, batch_size, idx, workers, device, decode_on_device=decode_on_device, train=False):
         with autocast(): outs.append(model(prep(x)).float().cpu())
     return idx, torch.cat(outs) if outs else torch.zeros(0, num_classes)
 
@@ -284,7 +351,7 @@ def save_logits(path, idx, logits, n, rank=0, world=1):
     if rank == 0: os.replace(tmp, path)
 
 # %% ../nbs/04_train.ipynb #da3799fa
-_RESUME_KEYS = ('dataset', 'loss', 'arch', 'seed', 'batch_size', 'lr', 'weight_decay', 'momentum', 'warmup_epochs',
+_RESUME_KEYS = ('dataset', 'loss', 'arch', 'seed', 'batch_size', 'lr', 'backbone_lr', 'weight_decay', 'momentum', 'warmup_epochs',
                 'milestones', 'gamma', 'drw_epoch', 'drw_beta', 'scale', 'imbalance_ratio', 'data_seed', 'loss_kw')
 
 def _load_checkpoint(p):
@@ -318,6 +385,7 @@ def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=
           train_list=None, test_list=None, transform=None, imbalance_ratio=100, **more) -> dict:
     "Train `loss` on `dataset` with the dataset's preset (None = preset); writes out_dir/results.json and returns it."
     t_start = time.time()
+    if more.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
     p = resolve_params(dataset=dataset, data_root=data_root, loss=loss, arch=arch, epochs=epochs, batch_size=batch_size,
                        lr=lr, weight_decay=weight_decay, drw_epoch=drw_epoch, seed=seed, device=device, out_dir=out_dir,
                        resume=resume, workers=workers, train_list=train_list, test_list=test_list, transform=transform,
@@ -332,17 +400,29 @@ def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=
     p['transform'], p['world_size'] = data.transform, world
     try: crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
     except TypeError as e: raise ValueError(f"loss_kw {p['loss_kw']} does not fit loss {p['loss']!r}: {e}") from None
-    random.seed(p['seed']); np.random.seed(p['seed']); torch.manual_seed(p['seed'])
-    model = build_model(p['arch'], data.num_classes, cosine=p['cosine'], pretrained=p['pretrained'])
-
-    own_group = world > 1 and not dist.is_initialized()
-    if own_group: dist.init_process_group('nccl' if p['device'] == 'cuda' else 'gloo')
     dev = torch.device(f'cuda:{local_rank}' if p['device'] == 'cuda' else 'cpu')
-    if dev.type == 'cuda': torch.cuda.set_device(dev)
-    try:
-        return _run(p, data, crit, model, ck, dev, rank, world, t_start)
-    finally:
-        if own_group: dist.destroy_process_group()
+    if dev.type == 'cuda': torch.cuda.set_device(dev)                   # before NCCL starts: one GPU per process
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group: dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', device_id=dev if dev.type == 'cuda' else None)
+    random.seed(p['seed']); np.random.seed(p['seed']); torch.manual_seed(p['seed'])
+    if rank > 0: dist.barrier()                                          # rank 0 reads (or downloads) the weights first
+    model = build_model(p['arch'], data.num_classes, cosine=p['cosine'], pretrained=p['pretrained'], download=p['download'])
+    if rank == 0 and world > 1: dist.barrier()
+    try: res = _run(p, data, crit, model, ck, dev, rank, world, t_start)
+    except Exception as e:   # no destroy_process_group here: the other processes may be waiting in a collective
+        if 'Original Traceback' in str(e):   # a DataLoader worker's error: its own message, in one line
+            raise (ValueError if isinstance(e, ValueError) else RuntimeError)(error_line(e)) from None
+        raise
+    if own_group: dist.destroy_process_group()
+    return res
+
+def error_line(e: BaseException) -> str:
+    "The one line a user needs from `e`; for an error re-raised from a DataLoader worker, the worker's original message."
+    msg = str(e).strip()
+    if 'Original Traceback' in msg:   # DataLoader's ExceptionWrapper: the original 'Type: message' is the last line
+        last = msg.splitlines()[-1]
+        return last.split(': ', 1)[1] if ': ' in last else last
+    return msg.splitlines()[0] if msg else type(e).__name__
 
 # %% ../nbs/04_train.ipynb #aba25c41
 def _run(p, data, crit, model, ck, dev, rank, world, t_start):
@@ -355,17 +435,18 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
     model = model.to(dev)
     if p['channels_last']: model = model.to(memory_format=torch.channels_last)
     crit = crit.to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
+    opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=p['backbone_lr']), dict(params=model.head.parameters())],
+                          lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
     per_rank_bs = p['batch_size'] // world
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=p['seed'])
-    gen = torch.Generator()
-    batches = make_batches(data.train, per_rank_bs, sampler, p['workers'], dev, drop_last=True, generator=gen)
+    batches = make_batches(data.train, per_rank_bs, sampler, p['workers'], dev, drop_last=True, seed=p['seed'], rank=rank)
     if len(batches) == 0:
         raise ValueError(f"{len(data.train)} training images make no full batch of {per_rank_bs} per process: lower batch_size")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps_per_epoch=len(batches), warmup_epochs=p['warmup_epochs'],
                                                           milestones=p['milestones'], gamma=p['gamma']))
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(p['amp']) if dev.type == 'cuda' else None
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    _log(p, rank, run_banner(p, dev, world, per_rank_bs, batches))
     history, start = [], 0
     if ck is not None:
         model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
@@ -373,6 +454,9 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
         history, start = list(ck['history']), int(ck['epoch'])
         rngs = ck['rng']; set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         _log(p, rank, f"resuming {p['out_dir']} after epoch {start}/{p['epochs']}")
+        if len(rngs) != world:
+            _log(p, rank, f"note: checkpointed with {len(rngs)} processes, resumed with {world}: training continues, but the batch "
+                          f"split and order differ from an uninterrupted run (exact resume needs the same number of processes)")
     raw = model
     if p['compile']: model = torch.compile(model)
     if world > 1: model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None)
@@ -383,13 +467,13 @@ def _run(p, data, crit, model, ck, dev, rank, world, t_start):
     ebar = tqdm(total=p['epochs'], initial=start, desc='epochs', unit='epoch', disable=not bars, dynamic_ncols=True)
     for epoch in range(start, p['epochs']):
         t0 = time.time()
-        sampler.set_epoch(epoch); gen.manual_seed(p['seed'] * 1_000_003 + epoch)
+        batches.set_epoch(epoch)
         aug = torch.Generator(dev).manual_seed(seed_of(p['seed'], epoch, rank))
         prep = partial(data.pipeline.train_batch, generator=aug, channels_last=p['channels_last'])
         w = drw_weight(epoch, p['drw_epoch'], data.class_counts, p['drw_beta'])
         crit.weight = base_weight if w is None else w.to(dev)   # the loss's own weights ('cb') until DRW
         meter = FactorMeter(data.class_counts, dev) if has_factors else None
-        lr_now = opt.param_groups[0]['lr']
+        lr_now = opt.param_groups[-1]['lr']   # the base rate (the head's group)
         with tqdm(total=len(batches) * p['batch_size'], desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True,
                   leave=False, disable=not bars, dynamic_ncols=True) as bar:
             tot = train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter, bar if bars else None)
@@ -439,7 +523,8 @@ def evaluate(model, data, p, dev, amp_dtype, rank=0, world=1, out=None) -> dict:
     "Predictions on the test set (rank 0 gets all; the others None), plus post-hoc logit-adjusted ones; writes out/test_logits.npy."
     scale = p['scale'] if p['cosine'] else 1.0
     prep = partial(data.pipeline.test_batch, channels_last=p['channels_last'])
-    idx, outs = predict(model, data.test, prep, max(p['batch_size'] // world, 1) * 2, p['workers'], dev, amp_dtype, data.num_classes)
+    idx, outs = predict(model, data.test, prep, max(p['batch_size'] // world, 1) * 2, p['workers'], dev, amp_dtype, data.num_classes,
+                        p['decode_on_device'])
     logits, targets = scale * outs, torch.as_tensor(data.test.targets)[idx]
     if out is not None: save_logits(Path(out) / 'test_logits.npy', idx, logits, len(data.test), rank, world)
     adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)   # PC Softmax / post-hoc logit adjustment
@@ -448,6 +533,14 @@ def evaluate(model, data, p, dev, amp_dtype, rank=0, world=1, out=None) -> dict:
     order = torch.tensor([i for part in parts for i in part[0]], dtype=torch.long).argsort()
     cat = lambda k: torch.cat([part[k] for part in parts])[order]
     return dict(preds=cat(1), targets=cat(2), probs=cat(3), adjusted_preds=cat(4), scale=scale)
+
+def run_banner(p, dev, world, per_rank_bs, batches) -> str:
+    "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
+    where = (f"cuda:{dev.index} {torch.cuda.get_device_name(dev)}" if dev.type == 'cuda'
+             else f"cpu ({torch.get_num_threads()} threads)")
+    feed = 'images in memory' if isinstance(batches, ArrayBatches) else f"{p['workers']} loader workers per process"
+    return (f"{p['dataset']} {p['loss']} {p['arch']} on {where} | amp {p['amp']} | {world} process{'es' if world > 1 else ''} "
+            f"| batch {per_rank_bs} per process ({p['batch_size']} in all) | {feed} | {len(batches)} steps per epoch")
 
 # %% ../nbs/04_train.ipynb #257aad87
 class _Parser(argparse.ArgumentParser):
@@ -470,11 +563,13 @@ def cli_parser() -> argparse.ArgumentParser:
     add('arch', help=f"one of {', '.join(ARCHS)}")
     for name in ('data_root', 'train_list', 'test_list', 'transform', 'device', 'out_dir'): add(name)
     for name in ('epochs', 'batch_size', 'drw_epoch', 'workers', 'warmup_epochs'): add(name, type=int)
-    add('seed', type=int, default=0); add('data_seed', type=int, default=0)
-    for name in ('lr', 'weight_decay', 'momentum', 'gamma', 'scale', 'drw_beta'): add(name, type=float)
+    add('seed', type=int, default=0); add('data_seed', type=int, help='the long-tailed draw (default: seed)')
+    for name in ('lr', 'backbone_lr', 'weight_decay', 'momentum', 'gamma', 'scale', 'drw_beta'): add(name, type=float)
     add('imbalance_ratio', type=float, default=100)
     add('milestones', help='comma-separated epoch indices, e.g. 60,80')
-    add('pretrained', type=_opt_bool, help="'imagenet', a state_dict file, or false")
+    add('pretrained', type=_opt_bool, help="IMAGENET1K_V1 (= 'imagenet'), IMAGENET1K_V2, a state_dict file, or false")
+    add('decode_on_device', type=_opt_bool, help='decode JPEGs on the training device (nvJPEG on CUDA)')
+    add('in_memory', type=_opt_bool, help='hold small images in memory (default: when they fit); false streams them')
     add('amp', help='bf16, fp16 or off (default: automatic on CUDA)')
     add('channels_last', action=argparse.BooleanOptionalAction)
     add('progress', action=argparse.BooleanOptionalAction)
@@ -492,9 +587,13 @@ def main(argv=None):
     kw = {k: v for k, v in a.items() if v is not None or k in ('pretrained',)}
     try:
         train(**kw)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as e:
-        if dist_env()[0] == 0: print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        sys.exit(1 if isinstance(e, FloatingPointError) else 2)
+    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, torch.OutOfMemoryError) as e:
+        rank, world, _ = dist_env()
+        hint = ' (lower batch_size, or use amp)' if isinstance(e, torch.OutOfMemoryError) else ''
+        print(f"error: {f'rank {rank} of {world}: ' if world > 1 else ''}{error_line(e)}{hint}", file=sys.stderr, flush=True)
+        code = 2 if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError)) else 1
+        if world > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
+        sys.exit(code)
 
 # %% ../nbs/04_train.ipynb #e2a1c4d1
 #| eval: false
@@ -577,3 +676,50 @@ def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw)
     return dict(bare_images_per_second=max(bare), train_images_per_second=max(eng), ratio=max(eng) / max(bare),
                 median_ratio=statistics.median(eng) / statistics.median(bare), bare_runs=bare, train_runs=eng,
                 arch=p['arch'], batch_size=p['batch_size'], epochs=epochs, threads=torch.get_num_threads())
+
+# %% ../nbs/04_train.ipynb #ef4f9c36
+def _photo_tree(root, num_images, size=(800, 600), seed=0) -> list:
+    "Write `num_images` photo-like JPEGs under `root`; return their relative paths."
+    from PIL import Image
+    rng, paths = np.random.default_rng(seed), []
+    yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
+    for i in range(num_images):
+        a, b, c = rng.uniform(0, 6, 3)
+        field = np.stack([np.sin(a * xx + b * yy + k) for k in (0, 2, 4)], -1) * 90 + 128 + rng.normal(0, 12, (size[1], size[0], 3))
+        path = f'{i % 10}/{i:05d}.jpg'
+        Path(root, path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(Path(root, path), quality=90)
+        paths.append(path)
+    return paths
+
+def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50', steps=3, device=None, root=None) -> dict:
+    "Images/s of the JPEG pipeline alone beside the model's training step alone (same process, same batch size)."
+    import tempfile
+    from ala_paper.data import ImageListDataset, make_transforms
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    workers = cpus_per_process() if workers is None else workers
+    with tempfile.TemporaryDirectory() as tmp:
+        root = root or tmp
+        paths = _photo_tree(root, num_images)
+        pipe = make_transforms('imagenet')
+        data = ImageListDataset(root, paths, [int(p[0]) for p in paths], pipe.train_sample)
+        batches = make_batches(data, batch_size, torch.utils.data.RandomSampler(data), workers, dev, drop_last=True, seed=0)
+        next(iter(batches))                                          # start the workers
+        seen, start = 0, time.perf_counter()
+        for x, _ in batches: seen += len(x)
+        loader_rate = seen / (time.perf_counter() - start)
+    model = build_model(arch, 1000, cosine=True).to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = pipe.train_batch(torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=dev), channels_last=True)
+    y = torch.randint(0, 1000, (batch_size,), device=dev)
+    def step():
+        loss = F.cross_entropy(30 * model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+    step()
+    if dev.type == 'cuda': torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps): step()
+    if dev.type == 'cuda': torch.cuda.synchronize()
+    model_rate = steps * batch_size / (time.perf_counter() - start)
+    return dict(loader_images_per_second=loader_rate, model_images_per_second=model_rate, ratio=loader_rate / model_rate,
+                input_bound=loader_rate < model_rate, workers=workers, batch_size=batch_size, arch=arch, device=str(dev),
+                image_size='800x600 JPEG q90', threads=torch.get_num_threads())

@@ -89,6 +89,95 @@ def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
     assert res['history'][0]['images'] == per_rank // bs * bs * 2          # full batches only, on both processes
 
 
+def test_class_weighted_gradient_under_ddp_equals_one_process(tmp_path):
+    "DRW / cb weights under DDP: the gradient of 2 gloo processes equals one process's on the same global batch."
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from ddp_weighted_grad import BATCH, WEIGHT, model
+    from ala_paper.losses import make_loss
+    net = model()
+    make_loss('ce', [100, 10, 5, 2], weight=WEIGHT)(net(BATCH['x']), BATCH['y']).backward()
+    want = {n: p.grad for n, p in net.named_parameters()}
+    got = {}
+    for mode in ('global', 'naive'):
+        r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                            str(ROOT / 'tests' / 'ddp_weighted_grad.py'), mode, str(tmp_path / f'{mode}.pt')],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[mode] = torch.load(tmp_path / f'{mode}.pt', weights_only=True)
+    assert all(torch.allclose(got['global'][n], want[n], atol=1e-6) for n in want)
+    assert not all(torch.allclose(got['naive'][n], want[n], atol=1e-3) for n in want)   # what each rank's own mean gives
+
+
+def test_torchrun_global_batch_must_divide(tmp_path):
+    from ala_paper.train import run_torchrun
+    with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 processes"):
+        run_torchrun(2, epochs=1, batch_size=127, out_dir=tmp_path / 'run', verbose=False)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_resume_under_another_number_of_processes(tmp_path):
+    "Checkpointed by 2 gloo processes, resumed by one: it finishes, and says that the resume is not exact."
+    from ala_paper.train import run_torchrun
+    run_torchrun(2, epochs=1, out_dir=tmp_path, verbose=False)
+    r = cli('--epochs', '2', '--out_dir', tmp_path, '--resume')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'checkpointed with 2 processes, resumed with 1' in r.stdout
+    assert [h['epoch'] for h in results(tmp_path)['history']] == [1, 2]
+
+
+def noisy_split_list(root, n=48, classes=3, size=40):
+    "A split-list tree of noise images (so random crops differ), every image in both lists."
+    root.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for i in range(n): Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(root / f'{i}.jpg')
+    (root / 'list.txt').write_text(''.join(f'{i}.jpg {i % classes}\n' for i in range(n)))
+    return ['--dataset', 'split-list', '--data_root', str(root), '--train_list', 'list.txt', '--test_list', 'list.txt',
+            '--device', 'cpu', '--arch', 'resnet8', '--transform', 'imagenet', '--batch_size', '16', '--workers', '2']
+
+
+def test_corrupt_jpeg_under_torchrun_names_the_file(tmp_path):
+    "A corrupt image met by a DataLoader worker under DDP: the rank says which file, the run exits non-zero, nothing hangs."
+    args = noisy_split_list(tmp_path / 'data')
+    (tmp_path / 'data' / '5.jpg').write_bytes(b'not a jpeg')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
+                        'ala_paper.train', *args, '--epochs', '1', '--out_dir', str(tmp_path / 'run'), '--quiet'],
+                       env=ENV, capture_output=True, text=True, timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    lines = [l for l in out.splitlines() if l.startswith('error: ')]
+    assert lines and all('5.jpg' in l and 'cannot decode image' in l and l.startswith('error: rank ') for l in lines), out[-3000:]
+    assert 'Caught ValueError in DataLoader worker' not in '\n'.join(lines)
+    assert not (tmp_path / 'run' / 'results.json').exists()
+
+
+def test_streamed_run_resumes_exactly(tmp_path):
+    "Streamed images with per-image random crops and persistent workers: 1 epoch + resume to 3 = 3 epochs at once."
+    args = [*noisy_split_list(tmp_path / 'data'), '--milestones', '2', '--warmup_epochs', '1', '--quiet']
+    assert cli(*args, '--epochs', '3', '--out_dir', tmp_path / 'a').returncode == 0
+    assert cli(*args, '--epochs', '1', '--out_dir', tmp_path / 'b').returncode == 0
+    r = cli(*args, '--epochs', '3', '--out_dir', tmp_path / 'b', '--resume')
+    assert r.returncode == 0, r.stderr[-2000:]
+    ra, rb = results(tmp_path / 'a'), results(tmp_path / 'b')
+    strip = lambda h: [{k: v for k, v in e.items() if k != 'seconds'} for e in h]
+    assert strip(ra['history']) == strip(rb['history']) and ra['true_class_prob'] == rb['true_class_prob']
+
+
+def test_first_line_says_where_and_how(tmp_path):
+    r = cli('--epochs', '1', '--out_dir', tmp_path)
+    first = r.stdout.splitlines()[0]
+    for part in ('synthetic-lt ala resnet8 on cpu', 'amp off', '1 process |', 'batch 128 per process (128 in all)',
+                 "images in memory", f"{1321 // 128} steps per epoch"):
+        assert part in first, first
+
+
+def test_deterministic_sets_the_cublas_workspace_before_cuda(tmp_path, monkeypatch):
+    monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
+    train(epochs=1, deterministic=True, out_dir=tmp_path, verbose=False, progress=False)
+    assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
+
+
 # --- exact resume --------------------------------------------------------------------------------------
 
 RESUME_ARGS = ['--epochs', '3', '--warmup_epochs', '1', '--milestones', '2', '--drw_epoch', '1', '--workers', '1', '--quiet']
@@ -138,10 +227,15 @@ BAD = {
     'epochs < 1': (['--epochs', '0'], "epochs must be an integer >= 1"),
     'batch size < 1': (['--batch_size', '0'], "batch_size must be an integer >= 1"),
     'resume without checkpoint': (['--resume'], "resume=True but there is no checkpoint.pt"),
-    'no data_root': (['--dataset', 'imagenet-lt'], "imagenet-lt needs data_root"),
-    'missing data_root': (['--dataset', 'places-lt', '--data_root', '{tmp}/nowhere'], "does not exist"),
-    'missing list file': (['--dataset', 'imagenet-lt', '--data_root', '{tmp}'], "not found"),
-    'split-list without lists': (['--dataset', 'split-list', '--data_root', '{tmp}'], "split-list needs train_list and test_list"),
+    'no data_root': (['--dataset', 'imagenet-lt', '--device', 'cpu'], "imagenet-lt needs data_root"),
+    'missing data_root': (['--dataset', 'places-lt', '--device', 'cpu', '--data_root', '{tmp}/nowhere'], "does not exist"),
+    'missing list file': (['--dataset', 'imagenet-lt', '--device', 'cpu', '--data_root', '{tmp}'], "not found"),
+    'unknown ImageNet weights': (['--arch', 'resnet50', '--device', 'cpu', '--pretrained', 'IMAGENET1K_V9'],
+                                 "resnet50 has no torchvision weights 'IMAGENET1K_V9'; choose one of: IMAGENET1K_V1, IMAGENET1K_V2"),
+    'ImageNet weights not downloaded': (['--arch', 'resnet50', '--device', 'cpu', '--pretrained', 'imagenet'],
+                                        "hub/checkpoints/resnet50-0676ba61.pth: put https://"),
+    'in_memory not a bool': (['--in_memory', 'maybe'], "in_memory must be True, False or None"),
+    'split-list without lists': (['--dataset', 'split-list', '--device', 'cpu', '--data_root', '{tmp}'], "split-list needs train_list and test_list"),
     'missing pretrained file': (['--pretrained', '{tmp}/w.pt'], "pretrained weights file not found"),
     'unknown option': (['--colour', 'red'], "unrecognized arguments: --colour"),
     'imbalance ratio nan': (['--imbalance_ratio', 'nan'], "imbalance_ratio must be a finite number >= 1"),
@@ -158,15 +252,25 @@ def _args(case, tmp_path):
 
 
 @pytest.mark.parametrize('case', list(BAD))
-def test_bad_input_cli_main(tmp_path, capsys, case):
+def test_bad_input_cli_main(tmp_path, capsys, case, monkeypatch):
     "Every bad input through the CLI entry point, in-process: exit 2, one line `error: ...`, nothing written."
     from ala_paper.train import main
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch-home'))     # an empty weights cache
     args, msg = _args(case, tmp_path)
     with pytest.raises(SystemExit) as e: main(args)
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith('error: ') and msg in err, err
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_imagenet_scale_recipe_refuses_the_cpu_unless_asked(tmp_path, capsys):
+    "No GPU (or a driver too old for this torch): an ImageNet-scale preset does not silently train for days on the CPU."
+    from ala_paper.train import main
+    with pytest.raises(SystemExit) as e: main(['--dataset', 'inat2018', '--data_root', str(tmp_path), '--out_dir', str(tmp_path / 'run')])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "needs a GPU" in err and "device='cpu'" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize('case', ['unknown dataset', 'epochs < 1', 'resume without checkpoint', 'missing list file'])
@@ -225,3 +329,16 @@ def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(tmp_path):
     train(out_dir=tmp_path, epochs=2, workers=0, verbose=False, progress=False)
     with pytest.raises(ValueError, match="beyond epochs=1"):
         train(out_dir=tmp_path, epochs=1, resume=True, workers=0, verbose=False, progress=False)
+
+
+def test_decode_on_device_trains_and_resumes_exactly(tmp_path):
+    "JPEG bytes decoded and cropped on the training device (the CPU here): a run, and 1 epoch + resume = 2 epochs at once."
+    args = [*noisy_split_list(tmp_path / 'data', n=32), '--decode_on_device', 'true', '--quiet']
+    assert cli(*args, '--epochs', '2', '--out_dir', tmp_path / 'a').returncode == 0
+    assert cli(*args, '--epochs', '1', '--out_dir', tmp_path / 'b').returncode == 0
+    r = cli(*args, '--epochs', '2', '--out_dir', tmp_path / 'b', '--resume')
+    assert r.returncode == 0, r.stderr[-2000:]
+    ra, rb = results(tmp_path / 'a'), results(tmp_path / 'b')
+    assert ra['params']['decode_on_device'] is True and ra['true_class_prob'] == rb['true_class_prob']
+    r = cli(*args, '--transform', 'cifar', '--epochs', '1', '--out_dir', tmp_path / 'c')
+    assert r.returncode == 2 and "decode_on_device crops like the 'imagenet' transform only" in r.stderr
