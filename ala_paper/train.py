@@ -5,9 +5,10 @@
 # %% ../nbs/04_train.ipynb #59567664
 from __future__ import annotations
 import os
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-import argparse, json, math, platform, random, subprocess, sys, time
+if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
+import argparse, inspect, json, math, platform, random, subprocess, sys, time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -18,39 +19,24 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .data import (DEFAULT_TRANSFORM, DATASETS, ArrayBatches, ArrayDataset, DeviceDecoder, EncodedImages, collate_encoded,
-                            load_dataset)
+from .core import CHECKPOINT, RESULTS, atomic_write_json, git_commit, known, project_root
+from .data import (DATASETS, DEFAULT_TRANSFORM, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
+                            EncodedImages, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'TRAIN_DEFAULTS', 'CHECKPOINT', 'DRW_LOSSES', 'project_root', 'git_commit', 'resolve_params', 'auto_amp',
-           'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
-           'atomic_save', 'atomic_write_json', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
-           'global_weighted_mean', 'train_epoch', 'predict', 'save_logits', 'train', 'error_line', 'evaluate',
-           'run_banner', 'cli_parser', 'main', 'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
-
-# %% ../nbs/04_train.ipynb #35ea3d68
-def project_root() -> Path:
-    "The repository root: the folder above this package with settings.ini, else the nearest one above the cwd, else the cwd."
-    here = Path(__file__).resolve().parent.parent if '__file__' in globals() else None
-    if here is not None and (here / 'settings.ini').is_file(): return here
-    cwd = Path.cwd().resolve()
-    return next((q for q in (cwd, *cwd.parents) if (q / 'settings.ini').is_file()), cwd)
-
-def git_commit(root=None):
-    "The current git commit of the project (with '+dirty' when there are uncommitted changes), or None."
-    try:
-        root = str(root or project_root())
-        sha = subprocess.run(['git', '-C', root, 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(['git', '-C', root, 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha + ('+dirty' if dirty else '')) or None
-    except (OSError, subprocess.SubprocessError): return None
+__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', 'param', 'at_least', 'Params', 'recipe_keys',
+           'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state',
+           'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
+           'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch',
+           'run_epochs', 'predict', 'save_logits', 'evaluate', 'write_results', 'train', 'error_line', 'cli_parser',
+           'main', 'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
-_IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False, workers=8,
-                       backbone_lr=None)
+_IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
+                       workers=8, backbone_lr=None)
 _SMALL = dict(momentum=0.9, scale=30.0, drw_beta=0.9999, pretrained=False, backbone_lr=None)
 PRESETS = {
     'synthetic-lt': dict(_SMALL, arch='resnet8', epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
@@ -62,87 +48,183 @@ PRESETS = {
     'inat2018': dict(_IMAGENET_SCALE, arch='resnet50', epochs=90, batch_size=512, lr=0.2, weight_decay=2e-4,
                      milestones=(60, 80), drw_epoch=60),
     'places-lt': dict(_IMAGENET_SCALE, arch='resnet152', epochs=30, batch_size=128, lr=0.05, backbone_lr=0.001,
-                      weight_decay=5e-4, warmup_epochs=0, milestones=(9, 19, 29), drw_epoch=19, pretrained='IMAGENET1K_V1'),
+                      weight_decay=5e-4, warmup_epochs=0, milestones=(9, 19, 29), drw_epoch=19,
+                      pretrained='IMAGENET1K_V1'),
 }
 PRESETS['cifar100-lt'] = dict(PRESETS['cifar10-lt'])
 PRESETS['split-list'] = dict(PRESETS['imagenet-lt'], arch='resnet50')
 
 # %% ../nbs/04_train.ipynb #fa0c6943
-TRAIN_DEFAULTS = dict(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=None, batch_size=None, lr=None,
-                      backbone_lr=None,
-                      weight_decay=None, drw_epoch=None, seed=0, device=None, out_dir=None, resume=False, workers=None,
-                      train_list=None, test_list=None, transform=None, imbalance_ratio=100,
-                      # beyond the common names: the rest of the recipe and the engine's switches
-                      pretrained=None, momentum=None, warmup_epochs=None, milestones=None, gamma=None, scale=None,
-                      drw_beta=None, data_seed=None, in_memory=None, decode_on_device=False, amp=None, channels_last=None, compile=False, deterministic=False,
-                      progress=None, verbose=True, download=False, loss_kw=None)
-CHECKPOINT = 'checkpoint.pt'
+def param(default=None, help: str = '', *, recipe: bool = False, resume: bool | None = None, valid=None, choices=None):
+    "A training parameter: default (None: the preset's), help, recipe?, must match on resume?, valid values."
+    meta = dict(help=help, recipe=recipe, resume=recipe if resume is None else resume, valid=valid, choices=choices)
+    return field(default=default, metadata=meta)
+
+def at_least(lo): return (lambda v: v >= lo, f'an integer >= {lo}')
+POSITIVE = (lambda v: v > 0, 'a positive number')
+NON_NEGATIVE = (lambda v: v >= 0, 'a non-negative number')
+
+@dataclass
+class Params:
+    "Every training parameter, declared once. `None` means: from the dataset's preset (`PRESETS`)."
+    # what is trained, on what data
+    dataset: str = param('synthetic-lt', 'benchmark: ' + ', '.join(DATASETS), recipe=True, choices=DATASETS)
+    data_root: str = param(None, "folder holding the dataset's files (data/README.md); not for synthetic-lt")
+    train_list: str = param(None, "split-list data: 'relative/path label' lines, relative to data_root", recipe=True)
+    test_list: str = param(None, 'split-list data: the evaluation list', recipe=True)
+    transform: str = param(None, "image pipeline: " + ', '.join(TRANSFORMS) + " (None: the dataset's)", recipe=True,
+                           choices=TRANSFORMS)
+    imbalance_ratio: int | float = param(100, 'CIFAR-LT: images of the largest / the smallest class', recipe=True,
+                                         valid=(lambda v: v >= 1, 'a finite number >= 1 (largest / smallest class)'))
+    seed: int = param(0, 'initialisation, batch order, augmentation (and the data draw, see data_seed)', recipe=True,
+                      valid=at_least(0))
+    data_seed: int = param(None, 'CIFAR-LT draw / synthetic-lt images (None: seed)', recipe=True, valid=at_least(0))
+    loss: str = param('ala', 'loss: ' + ', '.join(LOSSES), recipe=True, choices=LOSSES)
+    loss_kw: dict = param(None, 'extra loss options (JSON on the command line), e.g. {"qf_norm": "ln2"}', recipe=True)
+    arch: str = param(None, 'backbone: ' + ', '.join(ARCHS), recipe=True, choices=ARCHS)
+    pretrained: str | bool = param(None, "IMAGENET1K_V1 (= 'imagenet'), IMAGENET1K_V2, a state_dict file, or false",
+                                   recipe=True, resume=False)
+    # the schedule
+    epochs: int = param(None, 'passes over the training data', recipe=True, resume=False, valid=at_least(1))
+    batch_size: int = param(None, 'global batch, split over processes and grad_accum micro-batches', recipe=True,
+                            valid=at_least(1))
+    grad_accum: int = param(1, 'micro-batches per optimiser step: batch_size in less memory', valid=at_least(1))
+    lr: float = param(None, "base learning rate (the classifier's)", recipe=True, valid=POSITIVE)
+    backbone_lr: float = param(None, "the backbone's learning rate (None: the preset's, else lr)", recipe=True,
+                               valid=POSITIVE)
+    momentum: float = param(None, 'SGD momentum', recipe=True, valid=NON_NEGATIVE)
+    weight_decay: float = param(None, 'SGD weight decay', recipe=True, valid=NON_NEGATIVE)
+    warmup_epochs: int = param(None, 'epochs of linear learning-rate warm-up', recipe=True, valid=at_least(0))
+    milestones: list = param(None, 'the rate is multiplied by gamma after each of these epochs, e.g. 160,180',
+                             recipe=True)
+    gamma: float = param(None, 'learning-rate factor at each milestone', recipe=True, valid=POSITIVE)
+    drw_epoch: int = param(None, 'class-balanced re-weighting after this epoch; -1 off; None: the preset for '
+                           'LDAM/ALA, off for the rest', recipe=True, valid=at_least(-1))
+    drw_beta: float = param(None, "DRW's class-balanced beta", recipe=True,
+                            valid=(lambda v: 0 <= v < 1, 'in [0, 1) (class-balanced weights are 0/0 at 1)'))
+    scale: float = param(None, 's of eq. (8), for the cosine losses', recipe=True, valid=POSITIVE)
+    # the engine: how, not what
+    device: str = param(None, 'cpu or cuda (None: cuda when available)')
+    amp: str = param(None, 'mixed precision on CUDA: bf16, fp16 or off (None: bf16 where native, else fp16)',
+                     choices=('bf16', 'fp16', 'off'))
+    channels_last: bool = param(None, 'NHWC memory layout (None: on; faster on GPUs and CPUs)')
+    compile: bool = param(False, 'torch.compile the model')
+    deterministic: bool = param(False, 'deterministic algorithms (slower)')
+    workers: int = param(None, "data-loading processes per training process (None: the preset's, at most the CPUs)",
+                         valid=at_least(0))
+    in_memory: bool = param(None, 'hold small images in memory (None: when they fit; false streams them)')
+    decode_on_device: bool = param(False, 'decode JPEGs on the training device (nvJPEG on CUDA)')
+    # files and output
+    out_dir: str = param(None, 'where checkpoint.pt and results.json go (None: runs/default)')
+    resume: bool = param(False, "continue the run in out_dir from its checkpoint")
+    download: bool = param(False, 'allow downloads (CIFAR pickles, ImageNet weights) where there is internet')
+    progress: bool = param(None, 'progress bars (None: on a terminal)')
+    verbose: bool = param(True, 'a line per epoch')
+
+PARAM_NAMES = tuple(f.name for f in fields(Params))
+
+def recipe_keys() -> tuple:
+    "Names of the parameters that change what is trained (the run's recipe)."
+    return tuple(f.name for f in fields(Params) if f.metadata['recipe'])
+
+# %% ../nbs/04_train.ipynb #b1416eb5
 DRW_LOSSES = frozenset(COSINE_LOSSES)   # losses that get the preset's DRW by default
+_AMP = {True: None, False: 'off', 'none': 'off'}
 
 def _int_like(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _number(v): return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
 
+def _kind(f) -> str:
+    "A field's declared type as written ('int', 'int | float', 'str | bool', ...)."
+    return f.type if isinstance(f.type, str) else str(f.type).replace("<class '", '').replace("'>", '')
+
+def _coerce(f, v):
+    "`v` as the kind its field declares (int, float, bool, ...), or a one-line ValueError."
+    name, kind, (ok, what) = f.name, _kind(f), f.metadata['valid'] or (None, None)
+    bad = ValueError(f"{name} must be {what or 'a ' + kind.replace(' | ', ' or ')}, got {v!r}")
+    if kind == 'int':
+        if not _int_like(v): raise bad
+        v = int(v)
+    elif kind in ('float', 'int | float'):
+        if not _number(v): raise bad
+        v = int(v) if kind == 'int | float' and float(v).is_integer() else float(v)
+    elif kind == 'bool':
+        if v not in (True, False):
+            allowed = 'True, False or None (automatic)' if f.default is None else 'True or False'
+            raise ValueError(f"{name} must be {allowed}, got {v!r}")
+    elif kind == 'list': v = _epochs_list(name, v)
+    elif kind == 'dict' and not isinstance(v, dict): raise ValueError(f"{name} must be a dict, got {v!r}")
+    elif kind == 'str' or (kind == 'str | bool' and not isinstance(v, bool)): v = str(v)
+    if ok is not None and not ok(v): raise bad
+    return v
+
+def _epochs_list(name, v):
+    if isinstance(v, str): v = v.replace(',', ' ').split()
+    try: return sorted(int(m) for m in v)
+    except (TypeError, ValueError): raise ValueError(f"{name} must be a list of epoch numbers, got {v!r}") from None
+
+def _validated(f, v):
+    "The value of parameter `f`, checked against its declaration: choices, kind, range. None stays None."
+    if v is None: return None
+    choices = f.metadata['choices']
+    if choices and v not in choices: raise ValueError(f"unknown {f.name} {v!r}; choose one of: {', '.join(choices)}")
+    return _coerce(f, v)
+
+# %% ../nbs/04_train.ipynb #1a0e1a4b
 def resolve_params(**kw) -> dict:
-    "Fill every `None` from the dataset preset and validate; raises one-line ValueErrors. Touches no files."
-    unknown = sorted(set(kw) - set(TRAIN_DEFAULTS))
-    if unknown: raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join(TRAIN_DEFAULTS)}")
-    p = {**TRAIN_DEFAULTS, **kw}
-    if p['dataset'] not in DATASETS: raise ValueError(f"unknown dataset {p['dataset']!r}; choose one of: {', '.join(DATASETS)}")
-    if p['loss'] not in LOSSES: raise ValueError(f"unknown loss {p['loss']!r}; choose one of: {', '.join(LOSSES)}")
+    "Fill every `None` from the dataset preset and validate: one-line ValueErrors, nothing read or written."
+    unknown = sorted(set(kw) - set(PARAM_NAMES))
+    if unknown: raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join(PARAM_NAMES)}")
+    p = {**asdict(Params()), **kw}
+    p['amp'] = _AMP.get(p['amp'], p['amp'])
+    for name in ('dataset', 'loss'): p[name] = _validated(_FIELDS[name], p[name])
+    _fill_from_preset(p)
+    for f in fields(Params): p[f.name] = _validated(f, p[f.name])
+    _resolve_engine(p)
+    return p
+
+_FIELDS = {f.name: f for f in fields(Params)}
+
+def _fill_from_preset(p):
     preset = PRESETS[p['dataset']]
     if p['drw_epoch'] is None and p['loss'] not in DRW_LOSSES: p['drw_epoch'] = -1
     if p['workers'] is None: p['workers'] = min(preset['workers'], cpus_per_process())
     if p['data_seed'] is None: p['data_seed'] = p['seed']   # a seed redraws the long-tailed subset too
+    if p['transform'] is None: p['transform'] = DEFAULT_TRANSFORM.get(p['dataset'], 'imagenet')
     if p['backbone_lr'] is None: p['backbone_lr'] = preset['backbone_lr'] or p['lr'] or preset['lr']
     for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'momentum',
               'warmup_epochs', 'milestones', 'gamma', 'scale', 'drw_beta'):
         if p[k] is None: p[k] = preset[k]
-    if p['arch'] not in ARCHS: raise ValueError(f"unknown arch {p['arch']!r}; choose one of: {', '.join(ARCHS)}")
-    if p['pretrained'] is None: p['pretrained'] = preset['pretrained'] if p['arch'] in TORCHVISION_ARCHS else False
-    if p['pretrained'] not in (False, True, 'imagenet') and not str(p['pretrained']).startswith('IMAGENET1K_'):
-        p['pretrained'] = str(p['pretrained'])
-        if not Path(p['pretrained']).expanduser().is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {p['pretrained']} (pass an existing state_dict file, 'imagenet', or False)")
-    for k, lo in (('epochs', 1), ('batch_size', 1), ('workers', 0), ('seed', 0), ('data_seed', 0), ('warmup_epochs', 0), ('drw_epoch', -1)):
-        if not _int_like(p[k]) or p[k] < lo: raise ValueError(f"{k} must be an integer >= {lo}, got {p[k]!r}")
-        p[k] = int(p[k])
-    for k, lo in (('lr', 0), ('backbone_lr', 0), ('weight_decay', 0), ('momentum', 0), ('gamma', 0), ('scale', 0), ('drw_beta', 0)):
-        if not isinstance(p[k], (int, float)) or isinstance(p[k], bool) or not math.isfinite(p[k]) or p[k] < lo or (k in ('lr', 'backbone_lr', 'scale', 'gamma') and p[k] == 0):
-            raise ValueError(f"{k} must be a {'positive' if k in ('lr', 'backbone_lr', 'scale', 'gamma') else 'non-negative'} number, got {p[k]!r}")
-        p[k] = float(p[k])
-    if p['drw_beta'] >= 1: raise ValueError(f"drw_beta must be in [0, 1) (class-balanced weights are 0/0 at 1), got {p['drw_beta']!r}")
-    ir = p['imbalance_ratio']
-    if not isinstance(ir, (int, float)) or isinstance(ir, bool) or not math.isfinite(ir) or ir < 1:
-        raise ValueError(f"imbalance_ratio must be a finite number >= 1 (largest / smallest class), got {ir!r}")
+    if p['pretrained'] is None:
+        p['pretrained'] = preset['pretrained'] if p['arch'] in TORCHVISION_ARCHS else False
+
+def _resolve_engine(p):
+    "Device, precision, layout, paths: the choices that follow from the others."
+    named = p['pretrained'] in (False, True, 'imagenet') or str(p['pretrained']).startswith('IMAGENET1K_')
+    if not named and not Path(p['pretrained']).expanduser().is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {p['pretrained']} (pass an existing state_dict "
+                                f"file, 'imagenet', or False)")
     if p['dataset'] not in ('cifar10-lt', 'cifar100-lt'): p['imbalance_ratio'] = None   # only CIFAR-LT's is a choice
-    if isinstance(p['milestones'], str): p['milestones'] = [m for m in p['milestones'].replace(',', ' ').split()]
-    try: p['milestones'] = sorted(int(m) for m in p['milestones'])
-    except (TypeError, ValueError): raise ValueError(f"milestones must be a list of epoch indices, got {p['milestones']!r}") from None
-    amp = {None: None, True: None, False: 'off', 'off': 'off', 'none': 'off', 'bf16': 'bf16', 'fp16': 'fp16'}
-    if p['amp'] not in amp: raise ValueError(f"amp must be one of bf16, fp16, off (or None for automatic), got {p['amp']!r}")
-    p['amp'] = amp[p['amp']]
     if p['device'] is None and p['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
-        raise ValueError(f"{p['dataset']} trains {p['arch']}, which needs a GPU, but torch {torch.__version__} (built for CUDA "
-                         f"{torch.version.cuda}) sees none; check nvidia-smi (a driver older than that CUDA hides the GPU), "
-                         f"or pass device='cpu' to train on the CPU anyway (days)")
+        raise ValueError(f"{p['dataset']} trains {p['arch']}, which needs a GPU, but torch {torch.__version__} (built "
+                         f"for CUDA {torch.version.cuda}) sees none; check nvidia-smi (a driver older than that CUDA "
+                         f"hides the GPU), or pass device='cpu' to train on the CPU anyway (days)")
     p['device'] = _resolve_device(p['device'])
     if p['amp'] is None: p['amp'] = auto_amp() if p['device'] == 'cuda' else 'off'
     if p['channels_last'] is None: p['channels_last'] = True   # faster on CUDA and, measured, on the CPU too
-    if p['decode_on_device'] not in (True, False): raise ValueError(f"decode_on_device must be True or False, got {p['decode_on_device']!r}")
-    if p['decode_on_device'] and (p['transform'] or DEFAULT_TRANSFORM.get(p['dataset'], 'imagenet')) != 'imagenet':
-        raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or decode_on_device=False")
-    if p['in_memory'] not in (None, True, False): raise ValueError(f"in_memory must be True, False or None (automatic), got {p['in_memory']!r}")
-    if p['loss_kw'] is not None and not isinstance(p['loss_kw'], dict): raise ValueError(f"loss_kw must be a dict of loss options, got {p['loss_kw']!r}")
+    if p['decode_on_device'] and p['transform'] != 'imagenet':
+        raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or "
+                         "decode_on_device=False")
     p['loss_kw'] = dict(p['loss_kw'] or {})
     p['cosine'] = p['loss'] in COSINE_LOSSES
-    p['out_dir'] = str(Path(p['out_dir']).expanduser().resolve() if p['out_dir'] else project_root() / 'runs' / 'default')
-    for k in ('data_root', 'train_list', 'test_list'):
-        if p[k] is not None: p[k] = str(p[k])
+    out = Path(p['out_dir']).expanduser().resolve() if p['out_dir'] else project_root() / 'runs' / 'default'
+    p['out_dir'] = str(out)
     if p['resume'] and not (Path(p['out_dir']) / CHECKPOINT).is_file():
-        raise ValueError(f"resume=True but there is no {CHECKPOINT} in {p['out_dir']}: run without resume first, or point out_dir at the interrupted run")
-    return p
+        raise ValueError(f"resume=True but there is no {CHECKPOINT} in {p['out_dir']}: run without resume first, or "
+                         f"point out_dir at the interrupted run")
 
 def auto_amp() -> str:
-    "bf16 where the GPU computes it natively (compute capability 8.0+: A100, H100, RTX 30xx...), else fp16 with a GradScaler."
+    "bf16 where the GPU computes it natively (compute capability 8.0+), else fp16 with a GradScaler."
     native = torch.cuda.get_device_capability()[0] >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
     return 'bf16' if native else 'fp16'
 
@@ -154,9 +236,12 @@ def cpus_per_process() -> int:
 def _resolve_device(device):
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
     try: d = torch.device(device)
-    except (RuntimeError, TypeError): raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or None (automatic)") from None
-    if d.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or None")
-    if d.type not in ('cpu', 'cuda'): raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or None (automatic)")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or None (automatic)") from None
+    if d.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or None")
+    if d.type not in ('cpu', 'cuda'):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or None (automatic)")
     return d.type
 
 # %% ../nbs/04_train.ipynb #d4aeed07
@@ -208,20 +293,20 @@ def set_rng_state(s: dict):
     "Restore what `get_rng_state` captured."
     random.setstate((s['python'][0], tuple(s['python'][1]), s['python'][2]))
     torch.set_rng_state(s['torch'])
-    n = s['numpy']; np.random.set_state(('MT19937', n['key'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
+    state = s['numpy']
+    key = state['key'].numpy().astype(np.uint32)
+    np.random.set_state(('MT19937', key, state['pos'], state['has_gauss'], state['cached']))
     cuda = s.get('cuda')
-    if isinstance(cuda, (list, tuple)): cuda = cuda[0] if cuda else None    # checkpoints before the one-device format
-    if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own device
+    if isinstance(cuda, (list, tuple)): cuda = cuda[0] if cuda else None   # checkpoints before the one-device format
+    if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own GPU
 
 def atomic_save(obj, path):
     "torch.save to a temporary file in the same folder, then rename over `path` (atomic on POSIX)."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp); os.replace(tmp, path)
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
-def atomic_write_json(obj, path):
-    "Write JSON to a temporary file, then rename over `path`."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 # %% ../nbs/04_train.ipynb #b16c6155
 def dist_env():
@@ -234,7 +319,9 @@ def _all_reduce(t):
 
 def _all_gather(obj):
     if not (dist.is_available() and dist.is_initialized()): return [obj]
-    out = [None] * dist.get_world_size(); dist.all_gather_object(out, obj); return out
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 # %% ../nbs/04_train.ipynb #dc0c4320
 def seed_of(*parts) -> int:
@@ -252,12 +339,13 @@ class SeededSampler:
     def __iter__(self): return ((i, (self.base + i * 0x9E3779B97F4A7C15) % 2**63) for i in self.sampler)
 
 class SeededDataset(torch.utils.data.Dataset):
-    "Takes `(index, seed)` keys: seeds torch's RNG (what torchvision's random transforms draw from), returns `dataset[index]`."
+    "Takes `(index, seed)` keys: seeds torch's RNG (torchvision's random transforms use it), returns `dataset[index]`."
     def __init__(self, dataset): self.dataset = dataset
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key):
         i, seed = key
-        torch.manual_seed(seed); random.seed(seed)
+        torch.manual_seed(seed)
+        random.seed(seed)
         return self.dataset[i]
 
 class _OnDevice:
@@ -270,7 +358,7 @@ class _OnDevice:
         for x, y in self.loader: yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 class _DecodeOnDevice(_OnDevice):
-    "A DataLoader of encoded files whose batches are decoded and cropped on `device`, with a (seed, epoch, rank) generator."
+    "A DataLoader of encoded files, their batches decoded and cropped on `device` with a (seed, epoch, rank) generator."
     def __init__(self, loader, device, decoder, seed, rank):
         super().__init__(loader, device)
         self.decoder, self.seed, self.rank, self.generator = decoder, seed or 0, rank, None
@@ -281,9 +369,9 @@ class _DecodeOnDevice(_OnDevice):
         for files, y in self.loader:
             yield self.decoder(files, self.device, self.generator), y.to(self.device, non_blocking=True)
 
-def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, seed=None, rank=0, decode_on_device=False,
-                 train=True):
-    "Batches `(images, labels)` on `device`: indexed from memory for an `ArrayDataset`, else decoded by DataLoader workers."
+def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, seed=None, rank=0,
+                 decode_on_device=False, train=True):
+    "Batches `(images, labels)` on `device`: indexed from memory for an `ArrayDataset`, else from DataLoader workers."
     if isinstance(dataset, ArrayDataset): return ArrayBatches(dataset, batch_size, sampler, drop_last, device)
     if decode_on_device:
         loader = DataLoader(EncodedImages(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -292,78 +380,112 @@ def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False,
         batches.set_epoch(0)
         return batches
     if seed is not None: dataset, sampler = SeededDataset(dataset), SeededSampler(sampler, seed, rank)
-    return _OnDevice(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                                pin_memory=device.type == 'cuda', persistent_workers=workers > 0), device)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    return _OnDevice(loader, device)
 
 # %% ../nbs/04_train.ipynb #cd9ccb88
-def global_weighted_mean(loss, weight, target):
-    "Under DDP, rescale a class-weighted mean loss so that DDP's average of gradients is that of the global batch's weighted mean."
-    if weight is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return loss
-    local = weight.to(loss.device)[target].sum().detach()     # this process's sum of sample weights
-    total = local.clone(); dist.all_reduce(total)           # ... and everyone's
-    return loss * local * dist.get_world_size() / total
+@dataclass
+class Run:
+    "What a training run holds while it trains: made by `setup`, advanced by `train_one_epoch`, read by `evaluate`."
+    p: dict
+    data: object
+    model: torch.nn.Module             # what the loop calls (compiled and/or DDP-wrapped)
+    raw: torch.nn.Module               # the plain model, whose state_dict goes to the checkpoint
+    crit: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: object
+    batches: object
+    dev: torch.device
+    rank: int = 0
+    world: int = 1
+    amp_dtype: object = None
+    base_weight: object = None         # the loss's own class weights ('cb'), restored before DRW starts
+    history: list = field(default_factory=list)
+    start: int = 0                     # epochs already done (when resuming)
 
-def train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter=None, bar=None):
-    "One pass over `batches` (`prep` turns an image batch into the model's input); returns (loss sum, correct, images)."
-    model.train()
-    dev = next(model.parameters()).device
-    tot = torch.zeros(3, dtype=torch.float64, device=dev)
-    autocast = partial(torch.autocast, device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext
-    for i, (x, y) in enumerate(batches):
-        x = prep(x)
-        with autocast():
-            out = model(x)
-        loss = crit(out.float(), y)
-        step_loss = global_weighted_mean(loss, crit.weight, y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(step_loss).backward(); scaler.step(opt); scaler.update()
-        else:
-            step_loss.backward(); opt.step()
-        sched.step()
-        with torch.no_grad():
-            out = out.detach().float()
-            tot[0] += loss.detach().double() * len(y); tot[1] += (out.argmax(1) == y).sum(); tot[2] += len(y)
-            if meter is not None: meter.update(crit.factors(out, y), y)
-        if bar is not None:
-            bar.update(len(y))
-            if i % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)   # a host sync: not every step
-    return _all_reduce(tot)
+    @property
+    def out(self) -> Path: return Path(self.p['out_dir'])
 
-@torch.no_grad()
-def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_classes, decode_on_device=False):
-    "(indices, float32 outputs) on this process's shard (every world_size-th sample) of `dataset`."
-    rank, world, _ = dist_env()
-    idx = list(range(rank, len(dataset), world))
-    model.eval(); outs = []
-    autocast = partial(torch.autocast, device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext
-    for x, _ in make_batches(dataset, batch_size, idx, workers, device, decode_on_device=decode_on_device, train=False):
-        with autocast(): outs.append(model(prep(x)).float().cpu())
-    return idx, torch.cat(outs) if outs else torch.zeros(0, num_classes)
+def setup(p, data, crit, model, ck=None, dev=torch.device('cpu'), rank=0, world=1) -> Run:
+    "Model on `dev`, optimiser (backbone, head), batches, schedule, scaler; restored from `ck`; wrapped for DDP."
+    if p['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not p['deterministic']
+    model = model.to(dev)
+    if p['channels_last']: model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=p['backbone_lr']),
+                           dict(params=model.head.parameters())],
+                          lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
+    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=p['seed'])
+    micro = p['batch_size'] // (world * p['grad_accum'])
+    batches = make_batches(data.train, micro, sampler, p['workers'], dev, drop_last=True, seed=p['seed'], rank=rank,
+                           decode_on_device=p['decode_on_device'])
+    steps = len(batches) // p['grad_accum']
+    if steps == 0:
+        raise ValueError(f"{len(data.train)} training images make no full batch of {p['batch_size']}: lower batch_size")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps_per_epoch=steps, milestones=p['milestones'],
+                                                           warmup_epochs=p['warmup_epochs'], gamma=p['gamma']))
+    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(p['amp']) if dev.type == 'cuda' else None
+    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    run = Run(p, data, model, model, crit.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
+              base_weight=crit.weight)
+    _log(p, rank, run_banner(run))
+    if ck is not None: restore(run, ck)
+    if p['compile']: run.model = torch.compile(run.model)
+    if world > 1:
+        ids = [dev.index] if dev.type == 'cuda' else None
+        run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    return run
 
-def save_logits(path, idx, logits, n, rank=0, world=1):
-    "Every process writes its rows `idx` of one `[n, C]` float16 .npy, a memory map rank 0 creates: nothing big is gathered."
-    path = Path(path); tmp = path.with_name(f'.{path.name}.tmp')
-    if rank == 0: np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float16, shape=(n, logits.shape[1])).flush()
-    if world > 1: dist.barrier()
-    mm = np.lib.format.open_memmap(tmp, mode='r+'); mm[idx] = logits.half().numpy(); mm.flush(); del mm
-    if world > 1: dist.barrier()
-    if rank == 0: os.replace(tmp, path)
+def run_banner(run: Run) -> str:
+    "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
+    p, dev = run.p, run.dev
+    where = (f"cuda:{dev.index} {torch.cuda.get_device_name(dev)}" if dev.type == 'cuda'
+             else f"cpu ({torch.get_num_threads()} threads)")
+    feed = 'images in memory' if isinstance(run.batches, ArrayBatches) else f"{p['workers']} loader workers per process"
+    micro = p['batch_size'] // (run.world * p['grad_accum'])
+    split = f"batch {micro * p['grad_accum']} per process"
+    if p['grad_accum'] > 1: split += f" in {p['grad_accum']} micro-batches of {micro}"
+    return (f"{p['dataset']} {p['loss']} {p['arch']} on {where} | amp {p['amp']} | {run.world} process"
+            f"{'es' if run.world > 1 else ''} | {split} ({p['batch_size']} in all) | {feed} | "
+            f"{len(run.batches) // p['grad_accum']} steps per epoch")
 
-# %% ../nbs/04_train.ipynb #da3799fa
-_RESUME_KEYS = ('dataset', 'loss', 'arch', 'seed', 'batch_size', 'lr', 'backbone_lr', 'weight_decay', 'momentum', 'warmup_epochs',
-                'milestones', 'gamma', 'drw_epoch', 'drw_beta', 'scale', 'imbalance_ratio', 'data_seed', 'loss_kw')
-
+# %% ../nbs/04_train.ipynb #d1e79894
 def _load_checkpoint(p):
     ck = torch.load(Path(p['out_dir']) / CHECKPOINT, map_location='cpu', weights_only=True)
-    for k in _RESUME_KEYS:
-        if k in ck['params'] and ck['params'][k] != p[k]:
+    for f in fields(Params):
+        k = f.name
+        if f.metadata['resume'] and k in ck['params'] and ck['params'][k] != p[k]:
             raise ValueError(f"the checkpoint in {p['out_dir']} was made with {k}={ck['params'][k]!r}, not {p[k]!r}: "
                              f"resume with the same parameters or use another out_dir")
     if int(ck['epoch']) > p['epochs']:
         raise ValueError(f"the checkpoint in {p['out_dir']} is after epoch {ck['epoch']}, beyond epochs={p['epochs']}: "
                          f"resume with epochs >= {ck['epoch']} or use another out_dir")
     return ck
+
+def restore(run: Run, ck: dict):
+    "Continue from checkpoint `ck`: weights, optimiser, schedule, scaler, history, and this process's RNG states."
+    run.raw.load_state_dict(ck['model'])
+    run.opt.load_state_dict(ck['optimizer'])
+    run.sched.load_state_dict(ck['scheduler'])
+    if run.scaler is not None and ck.get('scaler'): run.scaler.load_state_dict(ck['scaler'])
+    run.history, run.start = list(ck['history']), int(ck['epoch'])
+    rngs = ck['rng']
+    set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0])
+    _log(run.p, run.rank, f"resuming {run.p['out_dir']} after epoch {run.start}/{run.p['epochs']}")
+    if len(rngs) != run.world:
+        _log(run.p, run.rank, f"note: checkpointed with {len(rngs)} processes, resumed with {run.world}: training "
+                              f"continues, but the batch split and order differ from an uninterrupted run (exact "
+                              f"resume needs the same number of processes)")
+
+def save_checkpoint(run: Run, epoch: int):
+    "After `epoch`: everything `restore` needs, written by rank 0 atomically (RNG states gathered from every process)."
+    rngs = _all_gather(get_rng_state())
+    if run.rank != 0: return
+    atomic_save(dict(epoch=epoch + 1, params=run.p, model=run.raw.state_dict(), optimizer=run.opt.state_dict(),
+                     scheduler=run.sched.state_dict(), rng=rngs, history=run.history,
+                     scaler=run.scaler.state_dict() if run.scaler is not None else None), run.out / CHECKPOINT)
 
 def _loss_kw(p):
     "make_loss options: s for cosine losses; the per-step input checks (a host sync each) only on the CPU."
@@ -373,42 +495,210 @@ def _env(p, world):
     import torchvision
     return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
                 numpy=np.__version__, platform=platform.platform(), device=p['device'],
-                device_name=torch.cuda.get_device_name() if p['device'] == 'cuda' else platform.processor() or platform.machine(),
+                device_name=(torch.cuda.get_device_name() if p['device'] == 'cuda'
+                             else platform.processor() or platform.machine()),
                 threads=torch.get_num_threads(), world_size=world, amp=p['amp'], git_commit=git_commit())
 
 def _log(p, rank, msg):
     if p['verbose'] and rank == 0: print(msg, flush=True)
 
+# %% ../nbs/04_train.ipynb #0f673c59
+def weight_total(weight, targets: list):
+    "Sum of the class weights of the samples in `targets` (label tensors) over all processes; None if unweighted."
+    if weight is None: return None
+    total = sum(weight.to(t.device)[t].sum() for t in targets).detach()
+    return _all_reduce(total)
+
+def batch_share(loss, weight, target, total, parts: int, world: int):
+    "This micro-batch's share of the global batch's mean loss (`parts` micro-batches per process, `world` processes)."
+    if weight is None: return loss if parts == 1 else loss / parts
+    if parts == 1 and world == 1: return loss
+    return loss * weight.to(loss.device)[target].sum().detach() * world / total
+
+def _autocast(amp_dtype):
+    return torch.autocast(device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext()
+
+def _step(run: Run, group: list, prep, tot, meter=None):
+    "One optimiser step over the micro-batches `group` = [(images, labels), ...]; adds to the epoch's sums `tot`."
+    weight, parts = run.crit.weight, len(group)
+    total = weight_total(weight, [y for _, y in group]) if weight is not None and parts * run.world > 1 else None
+    run.opt.zero_grad(set_to_none=True)
+    for k, (x, y) in enumerate(group):
+        sync = run.model.no_sync() if run.world > 1 and k < parts - 1 else nullcontext()   # DDP reduces after the last
+        with sync:
+            x = prep(x)
+            with _autocast(run.amp_dtype):
+                out = run.model(x)
+            loss = run.crit(out.float(), y)
+            share = batch_share(loss, weight, y, total, parts, run.world)
+            (run.scaler.scale(share) if run.scaler is not None else share).backward()
+        _tally(tot, meter, run.crit, out, y, loss)
+    if run.scaler is not None:
+        run.scaler.step(run.opt)
+        run.scaler.update()
+    else: run.opt.step()
+    run.sched.step()
+    return loss
+
+@torch.no_grad()
+def _tally(tot, meter, crit, out, y, loss):
+    "Loss, correct and image sums on the device (no host sync), and the DF/QF/A sums of Figure 4."
+    out = out.detach().float()
+    tot[0] += loss.detach().double() * len(y)
+    tot[1] += (out.argmax(1) == y).sum()
+    tot[2] += len(y)
+    if meter is not None: meter.update(crit.factors(out, y), y)
+
+# %% ../nbs/04_train.ipynb #cdd59a3c
+def train_one_epoch(run: Run, epoch: int, bar=None) -> dict:
+    "Epoch `epoch` (0-based): data order, DRW weights, augmentation seeds, the steps; returns its `history` record."
+    p = run.p
+    run.batches.set_epoch(epoch)
+    aug = torch.Generator(run.dev).manual_seed(seed_of(p['seed'], epoch, run.rank))
+    prep = partial(run.data.pipeline.train_batch, generator=aug, channels_last=p['channels_last'])
+    weight = drw_weight(epoch, p['drw_epoch'], run.data.class_counts, p['drw_beta'])
+    run.crit.weight = run.base_weight if weight is None else weight.to(run.dev)   # the loss's own weights until DRW
+    meter = FactorMeter(run.data.class_counts, run.dev) if hasattr(run.crit, 'factors') else None
+    lr = run.opt.param_groups[-1]['lr']   # the base rate (the head's group)
+    run.model.train()
+    tot = torch.zeros(3, dtype=torch.float64, device=run.dev)
+    group, steps = [], 0
+    for x, y in run.batches:
+        group.append((x, y))
+        if len(group) < p['grad_accum']: continue
+        loss = _step(run, group, prep, tot, meter)
+        if bar is not None:
+            bar.update(sum(len(labels) for _, labels in group))
+            if steps % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)   # a host sync: not always
+        group, steps = [], steps + 1
+    loss_sum, correct, n = _all_reduce(tot).tolist()
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"the training loss became {loss_sum} in epoch {epoch + 1}: lower lr, or use "
+                                 f"amp='bf16'/'off' (the last good checkpoint is in {run.out})")
+    rec = dict(epoch=epoch + 1, lr=lr, loss=loss_sum / n, train_acc=100 * correct / n, drw=weight is not None,
+               images=int(n))
+    if meter is not None: rec['factors'] = meter.result()
+    return rec
+
+def run_epochs(run: Run):
+    "Every epoch not done yet: train it, checkpoint it, log it."
+    p = run.p
+    bars = bool(p['progress'] if p['progress'] is not None else sys.stderr.isatty()) and run.rank == 0
+    per_epoch = len(run.batches) // p['grad_accum'] * p['batch_size']
+    ebar = tqdm(total=p['epochs'], initial=run.start, desc='epochs', unit='epoch', disable=not bars, dynamic_ncols=True)
+    for epoch in range(run.start, p['epochs']):
+        t0 = time.time()
+        with tqdm(total=per_epoch, desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True, leave=False,
+                  disable=not bars, dynamic_ncols=True) as bar:
+            rec = train_one_epoch(run, epoch, bar if bars else None)
+        rec['seconds'] = time.time() - t0
+        run.history.append(rec)
+        save_checkpoint(run, epoch)
+        rec['seconds'] = time.time() - t0   # including the checkpoint
+        ebar.update(1)
+        ebar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
+        if not bars:
+            _log(p, run.rank, f"epoch {epoch + 1}/{p['epochs']}  lr {rec['lr']:.4g}  loss {rec['loss']:.4f}  train acc "
+                              f"{rec['train_acc']:.1f}%  {rec['images'] / rec['seconds']:.0f} img/s  "
+                              f"{rec['seconds']:.1f}s"
+                              + ('  [DRW]' if rec['drw'] else ''))
+    ebar.close()
+
+# %% ../nbs/04_train.ipynb #8c4d85fd
+@torch.no_grad()
+def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_classes, decode_on_device=False):
+    "(indices, float32 outputs) on this process's shard (every world_size-th sample) of `dataset`."
+    rank, world, _ = dist_env()
+    idx = list(range(rank, len(dataset), world))
+    model.eval()
+    outs = []
+    for x, _ in make_batches(dataset, batch_size, idx, workers, device, decode_on_device=decode_on_device, train=False):
+        with _autocast(amp_dtype): outs.append(model(prep(x)).float().cpu())
+    return idx, torch.cat(outs) if outs else torch.zeros(0, num_classes)
+
+def save_logits(path, idx, logits, n, rank=0, world=1):
+    "Each process writes its rows `idx` of one `[n, C]` float16 .npy (a memory map by rank 0): nothing is gathered."
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    if rank == 0: np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float16, shape=(n, logits.shape[1])).flush()
+    if world > 1: dist.barrier()
+    rows = np.lib.format.open_memmap(tmp, mode='r+')
+    rows[idx] = logits.half().numpy()
+    rows.flush()
+    del rows
+    if world > 1: dist.barrier()
+    if rank == 0: os.replace(tmp, path)
+
+def evaluate(run: Run) -> dict | None:
+    "Test predictions, also post-hoc logit-adjusted (PC Softmax); writes test_logits.npy; rank 0 gets them all."
+    p, data, world = run.p, run.data, run.world
+    if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
+        for b in run.raw.buffers(): dist.broadcast(b, 0)
+    scale = p['scale'] if p['cosine'] else 1.0
+    prep = partial(data.pipeline.test_batch, channels_last=p['channels_last'])
+    idx, outs = predict(run.raw, data.test, prep, max(p['batch_size'] // world, 1) * 2, p['workers'], run.dev,
+                        run.amp_dtype, data.num_classes, p['decode_on_device'])
+    logits, targets = scale * outs, torch.as_tensor(data.test.targets)[idx]
+    save_logits(run.out / 'test_logits.npy', idx, logits, len(data.test), run.rank, world)
+    adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)
+    parts = _all_gather((idx, logits.argmax(1), targets, true_class_prob(logits, targets), adjusted.argmax(1)))
+    if run.rank != 0: return None
+    order = torch.tensor([i for part in parts for i in part[0]], dtype=torch.long).argsort()
+    gathered = lambda k: torch.cat([part[k] for part in parts])[order]
+    return dict(preds=gathered(1), targets=gathered(2), probs=gathered(3), adjusted_preds=gathered(4), scale=scale)
+
+def write_results(run: Run, ev: dict, t_start: float) -> dict:
+    "results.json (rank 0, atomically): the contract of DESIGN.md, the post-hoc adjusted accuracies, the logits file."
+    p, data = run.p, run.data
+    acc = per_class_accuracy(ev['preds'], ev['targets'], data.num_classes)
+    adj = per_class_accuracy(ev['adjusted_preds'], ev['targets'], data.num_classes)
+    train_seconds = sum(h['seconds'] for h in run.history)
+    res = dict(params=p, dataset=data.name, loss=p['loss'], class_counts=list(map(int, data.class_counts)),
+               class_names=list(data.class_names), meta=data.meta,
+               per_class_acc=[known(a) for a in acc.tolist()], top1=group_accuracy(acc, data.class_counts),
+               history=run.history,
+               posthoc_logit_adjust=dict(tau=1.0, per_class_acc=[known(a) for a in adj.tolist()],
+                                         top1=group_accuracy(adj, data.class_counts)),
+               test_logits=dict(file='test_logits.npy', dtype='float16', scaled_by=ev['scale']),
+               test_targets=ev['targets'].tolist(), true_class_prob=[round(v, 4) for v in ev['probs'].tolist()],
+               seconds=time.time() - t_start, train_seconds=train_seconds,
+               images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
+               env=_env(p, run.world))
+    atomic_write_json(res, run.out / RESULTS)
+    show = lambda v: '-' if v is None else f'{v:.1f}'
+    t = res['top1']
+    _log(p, run.rank, f"top-1 all {show(t['all'])}  many {show(t['many'])}  medium {show(t['medium'])}  "
+                      f"few {show(t['few'])}  -> {run.out / RESULTS}")
+    return res
+
 # %% ../nbs/04_train.ipynb #1d430c51
-def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=None, batch_size=None, lr=None,
-          weight_decay=None, drw_epoch=None, seed=0, device=None, out_dir=None, resume=False, workers=None,
-          train_list=None, test_list=None, transform=None, imbalance_ratio=100, **more) -> dict:
-    "Train `loss` on `dataset` with the dataset's preset (None = preset); writes out_dir/results.json and returns it."
+def train(**params) -> dict:
+    "Train with `params` (the fields of `Params`; None: the preset's); writes out_dir/results.json and returns it."
     t_start = time.time()
-    if more.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
-    p = resolve_params(dataset=dataset, data_root=data_root, loss=loss, arch=arch, epochs=epochs, batch_size=batch_size,
-                       lr=lr, weight_decay=weight_decay, drw_epoch=drw_epoch, seed=seed, device=device, out_dir=out_dir,
-                       resume=resume, workers=workers, train_list=train_list, test_list=test_list, transform=transform,
-                       imbalance_ratio=imbalance_ratio, **more)
+    if params.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
+    p = resolve_params(**params)
     rank, world, local_rank = dist_env()
-    if p['batch_size'] % world:
-        raise ValueError(f"batch_size {p['batch_size']} does not divide over {world} processes: use a multiple of {world} (the global batch)")
+    if p['batch_size'] % (world * p['grad_accum']):
+        raise ValueError(f"batch_size {p['batch_size']} does not divide over {world} process(es) x {p['grad_accum']} "
+                         f"micro-batch(es): use a multiple of {world * p['grad_accum']} (it is the global batch)")
     ck = _load_checkpoint(p) if p['resume'] else None
     data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
-                        transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'], download=p['download'],
-                        in_memory=p['in_memory'])
-    p['transform'], p['world_size'] = data.transform, world
+                        transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'],
+                        download=p['download'], in_memory=p['in_memory'])
+    p['world_size'] = world
     try: crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
     except TypeError as e: raise ValueError(f"loss_kw {p['loss_kw']} does not fit loss {p['loss']!r}: {e}") from None
     dev = torch.device(f'cuda:{local_rank}' if p['device'] == 'cuda' else 'cpu')
     if dev.type == 'cuda': torch.cuda.set_device(dev)                   # before NCCL starts: one GPU per process
     own_group = world > 1 and not dist.is_initialized()
-    if own_group: dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', device_id=dev if dev.type == 'cuda' else None)
-    random.seed(p['seed']); np.random.seed(p['seed']); torch.manual_seed(p['seed'])
-    if rank > 0: dist.barrier()                                          # rank 0 reads (or downloads) the weights first
-    model = build_model(p['arch'], data.num_classes, cosine=p['cosine'], pretrained=p['pretrained'], download=p['download'])
-    if rank == 0 and world > 1: dist.barrier()
-    try: res = _run(p, data, crit, model, ck, dev, rank, world, t_start)
+    if own_group:
+        dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', device_id=dev if dev.type == 'cuda' else None)
+    try:
+        run = setup(p, data, crit, _build_model(p, data, rank, world), ck, dev, rank, world)
+        _prepare_out_dir(run)
+        run_epochs(run)
+        ev = evaluate(run)
+        res = write_results(run, ev, t_start) if rank == 0 else None
     except Exception as e:   # no destroy_process_group here: the other processes may be waiting in a collective
         if 'Original Traceback' in str(e):   # a DataLoader worker's error: its own message, in one line
             raise (ValueError if isinstance(e, ValueError) else RuntimeError)(error_line(e)) from None
@@ -416,181 +706,72 @@ def train(dataset='synthetic-lt', data_root=None, loss='ala', arch=None, epochs=
     if own_group: dist.destroy_process_group()
     return res
 
+def _build_model(p, data, rank, world):
+    "Seeded initialisation; rank 0 reads (or downloads) pretrained weights before the other processes."
+    random.seed(p['seed'])
+    np.random.seed(p['seed'])
+    torch.manual_seed(p['seed'])
+    if rank > 0: dist.barrier()
+    model = build_model(p['arch'], data.num_classes, cosine=p['cosine'], pretrained=p['pretrained'],
+                        download=p['download'])
+    if rank == 0 and world > 1: dist.barrier()
+    return model
+
+def _prepare_out_dir(run: Run):
+    "Rank 0 makes out_dir; a fresh (not resumed) run removes an older run's results.json there."
+    if run.rank != 0: return
+    run.out.mkdir(parents=True, exist_ok=True)
+    if not run.p['resume'] and (run.out / RESULTS).exists(): (run.out / RESULTS).unlink()
+
 def error_line(e: BaseException) -> str:
-    "The one line a user needs from `e`; for an error re-raised from a DataLoader worker, the worker's original message."
+    "The one line a user needs from `e`; for an error from a DataLoader worker, the worker's original message."
     msg = str(e).strip()
     if 'Original Traceback' in msg:   # DataLoader's ExceptionWrapper: the original 'Type: message' is the last line
         last = msg.splitlines()[-1]
         return last.split(': ', 1)[1] if ': ' in last else last
     return msg.splitlines()[0] if msg else type(e).__name__
 
-# %% ../nbs/04_train.ipynb #aba25c41
-def _run(p, data, crit, model, ck, dev, rank, world, t_start):
-    out, base_weight = Path(p['out_dir']), crit.weight
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not p['resume'] and (out / 'results.json').exists(): (out / 'results.json').unlink()   # stale result of an older run
-    if p['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not p['deterministic']
-    model = model.to(dev)
-    if p['channels_last']: model = model.to(memory_format=torch.channels_last)
-    crit = crit.to(dev)
-    opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=p['backbone_lr']), dict(params=model.head.parameters())],
-                          lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
-    per_rank_bs = p['batch_size'] // world
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=p['seed'])
-    batches = make_batches(data.train, per_rank_bs, sampler, p['workers'], dev, drop_last=True, seed=p['seed'], rank=rank)
-    if len(batches) == 0:
-        raise ValueError(f"{len(data.train)} training images make no full batch of {per_rank_bs} per process: lower batch_size")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps_per_epoch=len(batches), warmup_epochs=p['warmup_epochs'],
-                                                          milestones=p['milestones'], gamma=p['gamma']))
-    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(p['amp']) if dev.type == 'cuda' else None
-    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    _log(p, rank, run_banner(p, dev, world, per_rank_bs, batches))
-    history, start = [], 0
-    if ck is not None:
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-        if scaler is not None and ck.get('scaler'): scaler.load_state_dict(ck['scaler'])
-        history, start = list(ck['history']), int(ck['epoch'])
-        rngs = ck['rng']; set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        _log(p, rank, f"resuming {p['out_dir']} after epoch {start}/{p['epochs']}")
-        if len(rngs) != world:
-            _log(p, rank, f"note: checkpointed with {len(rngs)} processes, resumed with {world}: training continues, but the batch "
-                          f"split and order differ from an uninterrupted run (exact resume needs the same number of processes)")
-    raw = model
-    if p['compile']: model = torch.compile(model)
-    if world > 1: model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == 'cuda' else None)
-    has_factors = hasattr(crit, 'factors')
-
-    bars = p['progress'] if p['progress'] is not None else sys.stderr.isatty()
-    bars = bool(bars) and rank == 0
-    ebar = tqdm(total=p['epochs'], initial=start, desc='epochs', unit='epoch', disable=not bars, dynamic_ncols=True)
-    for epoch in range(start, p['epochs']):
-        t0 = time.time()
-        batches.set_epoch(epoch)
-        aug = torch.Generator(dev).manual_seed(seed_of(p['seed'], epoch, rank))
-        prep = partial(data.pipeline.train_batch, generator=aug, channels_last=p['channels_last'])
-        w = drw_weight(epoch, p['drw_epoch'], data.class_counts, p['drw_beta'])
-        crit.weight = base_weight if w is None else w.to(dev)   # the loss's own weights ('cb') until DRW
-        meter = FactorMeter(data.class_counts, dev) if has_factors else None
-        lr_now = opt.param_groups[-1]['lr']   # the base rate (the head's group)
-        with tqdm(total=len(batches) * p['batch_size'], desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True,
-                  leave=False, disable=not bars, dynamic_ncols=True) as bar:
-            tot = train_epoch(model, batches, prep, crit, opt, sched, scaler, amp_dtype, meter, bar if bars else None)
-        loss_sum, correct, n = tot.tolist()
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"the training loss became {loss_sum} in epoch {epoch + 1}: lower lr, or use amp='bf16'/'off' "
-                                     f"(the last good checkpoint is in {out})")
-        rec = dict(epoch=epoch + 1, lr=lr_now, loss=loss_sum / n, train_acc=100 * correct / n, drw=w is not None, images=int(n))
-        if meter is not None: rec['factors'] = meter.result()
-        rec['seconds'] = time.time() - t0
-        history.append(rec)
-        rngs = _all_gather(get_rng_state())
-        if rank == 0:
-            atomic_save(dict(epoch=epoch + 1, params=p, model=raw.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                             scaler=scaler.state_dict() if scaler is not None else None, rng=rngs, history=history), out / CHECKPOINT)
-        rec['seconds'] = time.time() - t0   # including the checkpoint
-        ebar.update(1); ebar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
-        if not bars: _log(p, rank, f"epoch {epoch + 1}/{p['epochs']}  lr {lr_now:.4g}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.1f}%  "
-                                   f"{n / rec['seconds']:.0f} img/s  {rec['seconds']:.1f}s" + ('  [DRW]' if w is not None else ''))
-    ebar.close()
-
-    if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
-        for b in raw.buffers(): dist.broadcast(b, 0)
-    ev = evaluate(raw, data, p, dev, amp_dtype, rank, world, out)
-    if rank != 0: return None
-    preds, targets, probs = ev['preds'], ev['targets'], ev['probs']
-    pca = per_class_accuracy(preds, targets, data.num_classes)
-    pc_adj = per_class_accuracy(ev['adjusted_preds'], targets, data.num_classes)
-    seconds = sum(h['seconds'] for h in history)
-    res = dict(params=p, dataset=data.name, loss=p['loss'], class_counts=list(map(int, data.class_counts)),
-               class_names=list(data.class_names), meta=data.meta,
-               per_class_acc=_nan_to_none(pca.tolist()),
-               top1=group_accuracy(pca, data.class_counts), history=history,
-               posthoc_logit_adjust=dict(tau=1.0, per_class_acc=_nan_to_none(pc_adj.tolist()), top1=group_accuracy(pc_adj, data.class_counts)),
-               test_logits=dict(file='test_logits.npy', dtype='float16', scaled_by=ev['scale']),
-               test_targets=targets.tolist(), true_class_prob=[round(v, 4) for v in probs.tolist()],
-               seconds=time.time() - t_start, train_seconds=seconds,
-               images_per_second=sum(h['images'] for h in history) / max(seconds, 1e-9), env=_env(p, world))
-    atomic_write_json(res, out / 'results.json')
-    t = res['top1']; f = lambda v: '-' if v is None else f'{v:.1f}'
-    _log(p, rank, f"top-1 all {f(t['all'])}  many {f(t['many'])}  medium {f(t['medium'])}  few {f(t['few'])}  -> {out / 'results.json'}")
-    return res
-
-def _nan_to_none(xs): return [None if math.isnan(a) else a for a in xs]
-
-def evaluate(model, data, p, dev, amp_dtype, rank=0, world=1, out=None) -> dict:
-    "Predictions on the test set (rank 0 gets all; the others None), plus post-hoc logit-adjusted ones; writes out/test_logits.npy."
-    scale = p['scale'] if p['cosine'] else 1.0
-    prep = partial(data.pipeline.test_batch, channels_last=p['channels_last'])
-    idx, outs = predict(model, data.test, prep, max(p['batch_size'] // world, 1) * 2, p['workers'], dev, amp_dtype, data.num_classes,
-                        p['decode_on_device'])
-    logits, targets = scale * outs, torch.as_tensor(data.test.targets)[idx]
-    if out is not None: save_logits(Path(out) / 'test_logits.npy', idx, logits, len(data.test), rank, world)
-    adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)   # PC Softmax / post-hoc logit adjustment
-    parts = _all_gather((idx, logits.argmax(1), targets, true_class_prob(logits, targets), adjusted.argmax(1)))
-    if rank != 0: return None
-    order = torch.tensor([i for part in parts for i in part[0]], dtype=torch.long).argsort()
-    cat = lambda k: torch.cat([part[k] for part in parts])[order]
-    return dict(preds=cat(1), targets=cat(2), probs=cat(3), adjusted_preds=cat(4), scale=scale)
-
-def run_banner(p, dev, world, per_rank_bs, batches) -> str:
-    "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
-    where = (f"cuda:{dev.index} {torch.cuda.get_device_name(dev)}" if dev.type == 'cuda'
-             else f"cpu ({torch.get_num_threads()} threads)")
-    feed = 'images in memory' if isinstance(batches, ArrayBatches) else f"{p['workers']} loader workers per process"
-    return (f"{p['dataset']} {p['loss']} {p['arch']} on {where} | amp {p['amp']} | {world} process{'es' if world > 1 else ''} "
-            f"| batch {per_rank_bs} per process ({p['batch_size']} in all) | {feed} | {len(batches)} steps per epoch")
+train.__signature__ = inspect.Signature([inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+                                         for f in fields(Params)], return_annotation=dict)
 
 # %% ../nbs/04_train.ipynb #257aad87
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        print(f"error: {message}", file=sys.stderr); sys.exit(2)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 def _opt_bool(v):
+    "A command-line boolean: true/false/yes/no/on/off/1/0, none; anything else (a path, a name) as it is."
     s = str(v).lower()
     if s in ('none', ''): return None
     if s in ('false', 'no', 'off', '0'): return False
     if s in ('true', 'yes', 'on', '1'): return True
     return v
 
+_CLI_TYPE = {'int': int, 'float': float, 'int | float': float, 'str': str, 'list': str, 'dict': json.loads,
+             'bool': _opt_bool, 'str | bool': _opt_bool}
+
 def cli_parser() -> argparse.ArgumentParser:
-    "The argument parser of `python -m ala_paper.train` (every `train()` parameter; unset = preset)."
+    "The parser of `python -m ala_paper.train`, one option per field of `Params`."
     ap = _Parser(prog='python -m ala_paper.train', description=train.__doc__)
-    def add(name, **kw): ap.add_argument(f'--{name}', *([f"--{name.replace('_', '-')}"] if '_' in name else []), dest=name, **kw)
-    add('dataset', default='synthetic-lt', help=f"one of {', '.join(DATASETS)}")
-    add('loss', default='ala', help=f"one of {', '.join(LOSSES)}")
-    add('arch', help=f"one of {', '.join(ARCHS)}")
-    for name in ('data_root', 'train_list', 'test_list', 'transform', 'device', 'out_dir'): add(name)
-    for name in ('epochs', 'batch_size', 'drw_epoch', 'workers', 'warmup_epochs'): add(name, type=int)
-    add('seed', type=int, default=0); add('data_seed', type=int, help='the long-tailed draw (default: seed)')
-    for name in ('lr', 'backbone_lr', 'weight_decay', 'momentum', 'gamma', 'scale', 'drw_beta'): add(name, type=float)
-    add('imbalance_ratio', type=float, default=100)
-    add('milestones', help='comma-separated epoch indices, e.g. 60,80')
-    add('pretrained', type=_opt_bool, help="IMAGENET1K_V1 (= 'imagenet'), IMAGENET1K_V2, a state_dict file, or false")
-    add('decode_on_device', type=_opt_bool, help='decode JPEGs on the training device (nvJPEG on CUDA)')
-    add('in_memory', type=_opt_bool, help='hold small images in memory (default: when they fit); false streams them')
-    add('amp', help='bf16, fp16 or off (default: automatic on CUDA)')
-    add('channels_last', action=argparse.BooleanOptionalAction)
-    add('progress', action=argparse.BooleanOptionalAction)
-    add('loss_kw', type=json.loads, help='JSON dict of extra loss options, e.g. \'{"max_m": 0.5}\'')
-    for name in ('resume', 'compile', 'deterministic', 'download'): add(name, action='store_true')
-    add('quiet', action='store_true', help='no per-epoch lines')
+    for f in fields(Params):
+        names = [f'--{f.name}'] + ([f"--{f.name.replace('_', '-')}"] if '_' in f.name else [])
+        kind = _kind(f)
+        extra = dict(nargs='?', const=True) if kind == 'bool' else {}
+        ap.add_argument(*names, dest=f.name, type=_CLI_TYPE[kind], default=f.default, help=f.metadata['help'], **extra)
+    ap.add_argument('--quiet', dest='verbose', action='store_false', help='no per-epoch lines (= --verbose false)')
     return ap
 
 def main(argv=None):
     "Entry point of `python -m ala_paper.train` / `ala-train` / torchrun."
-    a = vars(cli_parser().parse_args(argv))
-    a['verbose'] = not a.pop('quiet')
-    r = a['imbalance_ratio']
-    if math.isfinite(r) and r == int(r): a['imbalance_ratio'] = int(r)
-    kw = {k: v for k, v in a.items() if v is not None or k in ('pretrained',)}
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # for the processes this one starts
     try:
-        train(**kw)
+        train(**vars(cli_parser().parse_args(argv)))
     except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, torch.OutOfMemoryError) as e:
         rank, world, _ = dist_env()
-        hint = ' (lower batch_size, or use amp)' if isinstance(e, torch.OutOfMemoryError) else ''
-        print(f"error: {f'rank {rank} of {world}: ' if world > 1 else ''}{error_line(e)}{hint}", file=sys.stderr, flush=True)
+        hint = ' (lower batch_size, or use grad_accum or amp)' if isinstance(e, torch.OutOfMemoryError) else ''
+        where = f'rank {rank} of {world}: ' if world > 1 else ''
+        print(f"error: {where}{error_line(e)}{hint}", file=sys.stderr, flush=True)
         code = 2 if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError)) else 1
         if world > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
         sys.exit(code)
@@ -600,22 +781,15 @@ def main(argv=None):
 if __name__ == '__main__': main()
 
 # %% ../nbs/04_train.ipynb #22b93aa2
-_FLAGS = ('resume', 'compile', 'deterministic', 'download')
-
 def cli_args(**kw) -> list:
-    "Command-line options of `python -m ala_paper.train` for the `train()` keyword arguments `kw`."
+    "Command-line options of `python -m ala_paper.train` for the `train()` keyword arguments `kw` (None: left out)."
     args = []
     for k, v in kw.items():
-        if k not in TRAIN_DEFAULTS: raise ValueError(f"unknown parameter {k!r}; valid parameters: {', '.join(TRAIN_DEFAULTS)}")
-        if v is None and k != 'pretrained': continue
-        if k in _FLAGS:
-            if v: args.append(f'--{k}')
-        elif k in ('channels_last', 'progress'): args.append(f"--{'' if v else 'no-'}{k}")
-        elif k == 'verbose':
-            if not v: args.append('--quiet')
-        elif k == 'milestones': args += [f'--{k}', ','.join(map(str, v)) if not isinstance(v, str) else v]
-        elif k == 'loss_kw': args += [f'--{k}', json.dumps(v)]
-        else: args += [f'--{k}', str(v)]
+        if k not in _FIELDS: raise ValueError(f"unknown parameter {k!r}; valid parameters: {', '.join(PARAM_NAMES)}")
+        if v is None: continue
+        if isinstance(v, (list, tuple)): v = ','.join(map(str, v))
+        elif isinstance(v, dict): v = json.dumps(v)
+        args += [f'--{k}', str(v)]
     return args
 
 def run_torchrun(nproc: int, **kw) -> dict:
@@ -623,7 +797,8 @@ def run_torchrun(nproc: int, **kw) -> dict:
     if not _int_like(nproc) or nproc < 1: raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}")
     p = resolve_params(**kw)                      # the same errors as train(), before any process starts
     kw['out_dir'] = p['out_dir']
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m', 'ala_paper.train', *cli_args(**kw)]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m',
+           'ala_paper.train', *cli_args(**kw)]
     errors, last = [], ''
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:               # stream the processes' output into this one's (a notebook cell)
@@ -633,7 +808,7 @@ def run_torchrun(nproc: int, **kw) -> dict:
     if proc.returncode != 0:
         if errors: raise ValueError(errors[0])
         raise RuntimeError(f"torchrun failed with status {proc.returncode}: {last}")
-    return json.loads((Path(p['out_dir']) / 'results.json').read_text())
+    return json.loads((Path(p['out_dir']) / RESULTS).read_text())
 
 # %% ../nbs/04_train.ipynb #c5204d53
 def _bare_loop(p, data, epochs):
@@ -641,12 +816,14 @@ def _bare_loop(p, data, epochs):
     torch.manual_seed(p['seed'])
     model = build_model(p['arch'], data.num_classes, cosine=p['cosine']).to(memory_format=torch.channels_last)
     crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
-    opt = torch.optim.SGD(model.parameters(), lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
+    groups = [dict(params=model.backbone.parameters(), lr=p['backbone_lr']), dict(params=model.head.parameters())]
+    opt = torch.optim.SGD(groups, lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
     images = torch.from_numpy(data.train.data).permute(0, 3, 1, 2)          # uint8 [N, 3, H, W]
     labels, bs, pad = torch.from_numpy(data.train.targets), p['batch_size'], data.pipeline.train_batch.pad
     norm = data.pipeline.train_batch
     size = images.shape[-1]
-    model.train(); seen = 0; start = time.perf_counter()
+    model.train()
+    seen, start = 0, time.perf_counter()
     for _ in range(epochs):
         perm = torch.randperm(len(labels))
         for k in range(len(labels) // bs):
@@ -658,7 +835,10 @@ def _bare_loop(p, data, epochs):
             x[mirror] = x[mirror].flip(3)
             x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=torch.channels_last)
             loss = crit(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); seen += bs
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += bs
     return seen / (time.perf_counter() - start)
 
 def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw) -> dict:
@@ -667,12 +847,15 @@ def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw)
     p = resolve_params(dataset=dataset, loss=loss, epochs=epochs, device='cpu', **kw)
     data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
                         transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'])
-    if not isinstance(data.train, ArrayDataset): raise ValueError(f"loop_overhead compares in-memory loops; {dataset} streams from disk")
+    if not isinstance(data.train, ArrayDataset):
+        raise ValueError(f"loop_overhead compares in-memory loops; {dataset} streams from disk")
     bare, eng = [], []
     for _ in range(repeats):
         bare.append(_bare_loop(p, data, epochs))
         with tempfile.TemporaryDirectory() as d:
-            eng.append(train(dataset=dataset, loss=loss, epochs=epochs, device='cpu', out_dir=d, verbose=False, progress=False, **kw)['images_per_second'])
+            res = train(dataset=dataset, loss=loss, epochs=epochs, device='cpu', out_dir=d, verbose=False,
+                        progress=False, **kw)
+            eng.append(res['images_per_second'])
     return dict(bare_images_per_second=max(bare), train_images_per_second=max(eng), ratio=max(eng) / max(bare),
                 median_ratio=statistics.median(eng) / statistics.median(bare), bare_runs=bare, train_runs=eng,
                 arch=p['arch'], batch_size=p['batch_size'], epochs=epochs, threads=torch.get_num_threads())
@@ -685,14 +868,16 @@ def _photo_tree(root, num_images, size=(800, 600), seed=0) -> list:
     yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
     for i in range(num_images):
         a, b, c = rng.uniform(0, 6, 3)
-        field = np.stack([np.sin(a * xx + b * yy + k) for k in (0, 2, 4)], -1) * 90 + 128 + rng.normal(0, 12, (size[1], size[0], 3))
+        waves = np.stack([np.sin(a * xx + b * yy + k) for k in (0, 2, 4)], -1) * 90 + 128
+        field = waves + rng.normal(0, 12, (size[1], size[0], 3))
         path = f'{i % 10}/{i:05d}.jpg'
         Path(root, path).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(Path(root, path), quality=90)
         paths.append(path)
     return paths
 
-def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50', steps=3, device=None, root=None) -> dict:
+def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50', steps=3, device=None,
+                     root=None) -> dict:
     "Images/s of the JPEG pipeline alone beside the model's training step alone (same process, same batch size)."
     import tempfile
     from ala_paper.data import ImageListDataset, make_transforms
@@ -703,14 +888,16 @@ def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50
         paths = _photo_tree(root, num_images)
         pipe = make_transforms('imagenet')
         data = ImageListDataset(root, paths, [int(p[0]) for p in paths], pipe.train_sample)
-        batches = make_batches(data, batch_size, torch.utils.data.RandomSampler(data), workers, dev, drop_last=True, seed=0)
+        sampler = torch.utils.data.RandomSampler(data)
+        batches = make_batches(data, batch_size, sampler, workers, dev, drop_last=True, seed=0)
         next(iter(batches))                                          # start the workers
         seen, start = 0, time.perf_counter()
         for x, _ in batches: seen += len(x)
         loader_rate = seen / (time.perf_counter() - start)
     model = build_model(arch, 1000, cosine=True).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = pipe.train_batch(torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=dev), channels_last=True)
+    images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=dev)
+    x = pipe.train_batch(images, channels_last=True)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
     def step():
         loss = F.cross_entropy(30 * model(x), y); opt.zero_grad(); loss.backward(); opt.step()
@@ -720,6 +907,7 @@ def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50
     for _ in range(steps): step()
     if dev.type == 'cuda': torch.cuda.synchronize()
     model_rate = steps * batch_size / (time.perf_counter() - start)
-    return dict(loader_images_per_second=loader_rate, model_images_per_second=model_rate, ratio=loader_rate / model_rate,
-                input_bound=loader_rate < model_rate, workers=workers, batch_size=batch_size, arch=arch, device=str(dev),
+    return dict(loader_images_per_second=loader_rate, model_images_per_second=model_rate,
+                ratio=loader_rate / model_rate, input_bound=loader_rate < model_rate, workers=workers,
+                batch_size=batch_size, arch=arch, device=str(dev),
                 image_size='800x600 JPEG q90', threads=torch.get_num_threads())

@@ -165,8 +165,9 @@ def jpeg_loader_vs_split_list_epoch(dev, quick):
         t0 = time.perf_counter(); seen = sum(len(x) for x, _ in batches); sync(dev)
         loader = seen / (time.perf_counter() - t0)
         arch = 'resnet8' if quick else 'resnet50'
-        r = train('split-list', d, train_list='list.txt', test_list='list.txt', arch=arch, epochs=1, batch_size=64 if quick else 256,
-                  device=dev.type, workers=workers, out_dir=f'{d}/run', verbose=False, progress=False)
+        r = train(dataset='split-list', data_root=d, train_list='list.txt', test_list='list.txt', arch=arch, epochs=1,
+                  batch_size=64 if quick else 256, device=dev.type, workers=workers, out_dir=f'{d}/run', verbose=False,
+                  progress=False)
     out = dict(images=n, workers=workers, loader_images_per_second=round(loader, 1),
                train_images_per_second=round(r['images_per_second'], 1), arch=arch,
                train_over_loader=round(r['images_per_second'] / loader, 3))

@@ -110,7 +110,7 @@ def test_class_weighted_gradient_under_ddp_equals_one_process(tmp_path):
 
 def test_torchrun_global_batch_must_divide(tmp_path):
     from ala_paper.train import run_torchrun
-    with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 processes"):
+    with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 process"):
         run_torchrun(2, epochs=1, batch_size=127, out_dir=tmp_path / 'run', verbose=False)
     assert not (tmp_path / 'run').exists()
 
@@ -222,7 +222,7 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
 
 BAD = {
     'unknown dataset': (['--dataset', 'mnist'], "unknown dataset 'mnist'; choose one of: synthetic-lt, cifar10-lt"),
-    'unknown loss': (['--loss', 'hinge'], "unknown loss 'hinge'; choose one of: ce, focal, cb, ldam"),
+    'unknown loss': (['--loss', 'hinge'], "unknown loss 'hinge'; choose one of: ce, focal, cb"),
     'unknown arch': (['--arch', 'vgg16'], "unknown arch 'vgg16'; choose one of: resnet8"),
     'epochs < 1': (['--epochs', '0'], "epochs must be an integer >= 1"),
     'batch size < 1': (['--batch_size', '0'], "batch_size must be an integer >= 1"),
@@ -342,3 +342,20 @@ def test_decode_on_device_trains_and_resumes_exactly(tmp_path):
     assert ra['params']['decode_on_device'] is True and ra['true_class_prob'] == rb['true_class_prob']
     r = cli(*args, '--transform', 'cifar', '--epochs', '1', '--out_dir', tmp_path / 'c')
     assert r.returncode == 2 and "decode_on_device crops like the 'imagenet' transform only" in r.stderr
+
+
+def test_grad_accum_splits_the_batch(tmp_path):
+    "batch 128 as 4 micro-batches of 32: the first line says so, and the epoch sees the same images in as many steps."
+    r = cli('--epochs', '1', '--grad_accum', '4', '--out_dir', tmp_path / 'a')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'batch 128 per process in 4 micro-batches of 32' in r.stdout.splitlines()[0]
+    assert results(tmp_path / 'a')['history'][0]['images'] == 1321 // 128 * 128
+    r = cli('--epochs', '1', '--grad_accum', '3', '--out_dir', tmp_path / 'b')
+    assert r.returncode == 2 and 'batch_size 128 does not divide over 1 process(es) x 3 micro-batch(es)' in r.stderr
+
+
+def test_cli_has_one_option_per_parameter():
+    from ala_paper.train import PARAM_NAMES, cli_parser
+    r = subprocess.run([*CLI, '--help'], env=ENV, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and all(f'--{name}' in r.stdout for name in PARAM_NAMES)
+    assert set(vars(cli_parser().parse_args([]))) == set(PARAM_NAMES)
