@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import torch
 
+from .core import known
+
 # %% auto #0
 __all__ = ['SHOT_GROUPS', 'shot_group', 'shot_groups', 'per_class_accuracy', 'group_accuracy', 'true_class_prob',
            'group_accuracy_by']
@@ -33,10 +35,11 @@ def per_class_accuracy(preds, targets, num_classes: int) -> torch.Tensor:
 
 def group_accuracy(per_class_acc, class_counts) -> dict:
     "Mean per-class accuracy (percent float) over all classes and each shot group; None for an empty group."
-    acc = torch.as_tensor(per_class_acc, dtype=torch.float64)
+    acc = torch.as_tensor([known(a, math.nan) for a in per_class_acc], dtype=torch.float64)
     def mean(idx):
-        a = acc[idx]; a = a[~torch.isnan(a)]
-        return float(a.mean()) if len(a) else None
+        values = acc[idx]
+        values = values[~torch.isnan(values)]
+        return float(values.mean()) if len(values) else None
     out = {'all': mean(torch.arange(len(acc)))}
     out.update({k: mean(v) for k, v in shot_groups(class_counts).items()})
     return out
@@ -50,7 +53,7 @@ def true_class_prob(logits, targets, scale: float = 1.0) -> torch.Tensor:
 # %% ../nbs/03_metrics.ipynb #ed54fe0d
 def group_accuracy_by(per_class_acc, class_counts, attribute) -> dict:
     "`{value: group_accuracy(...)}` over the classes whose `attribute[c]` equals each value (e.g. 'easy'/'hard')."
-    acc = torch.as_tensor([float('nan') if a is None else a for a in per_class_acc], dtype=torch.float64)
+    acc = torch.as_tensor([known(a, math.nan) for a in per_class_acc], dtype=torch.float64)
     out = {}
     for v in dict.fromkeys(attribute):
         keep = torch.tensor([a == v for a in attribute])
