@@ -305,6 +305,6 @@ def test_shared_cifar10_jpeg_copy(tmp_path):
     d = load_dataset('cifar10-lt', root, imbalance_ratio=10)
     assert d.class_names == ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
     assert d.class_counts == cifar_lt_counts(30, 10, 10) and len(d.test) == 50
-    r = train(dataset='cifar10-lt', data_root=root, loss='ala', imbalance_ratio=10, epochs=1, batch_size=32, out_dir=tmp_path/'run',
-              verbose=False, progress=False)
+    r = train(dataset='cifar10-lt', data_root=root, loss='ala', arch='resnet8', imbalance_ratio=10, epochs=1, batch_size=32,
+              out_dir=tmp_path/'run', verbose=False, progress=False)
     assert r['meta']['layout'] == 'folders' and len(r['per_class_acc']) == 10
