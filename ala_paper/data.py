@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'DEFAULT_TRANSFORM', 'LTData', 'fit_image', 'ToUint8',
-           'random_crop_flip', 'BatchTransform', 'Pipeline', 'make_transforms', 'custom_pipeline', 'ImageListDataset',
-           'open_rgb', 'ArrayDataset', 'decode_images', 'ArrayBatches', 'EncodedImages', 'collate_encoded',
-           'random_resized_box', 'DeviceDecoder', 'read_split_list', 'check_files_exist', 'class_counts_from_labels',
-           'fits_in_memory', 'read_inat_json', 'cifar_lt_counts', 'long_tail_select', 'read_cifar', 'read_image_folder',
-           'cifar_layout', 'read_cifar_folders', 'synthetic_layout', 'synthetic_images', 'synthetic_lt',
-           'plot_synthetic_examples', 'load_dataset']
+__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP',
+           'DEFAULT_TRANSFORM', 'LTData', 'fit_image', 'ToUint8', 'random_crop_flip', 'BatchTransform', 'Pipeline',
+           'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb', 'ArrayDataset', 'decode_images',
+           'ArrayBatches', 'EncodedImages', 'collate_encoded', 'random_resized_box', 'DeviceDecoder', 'read_split_list',
+           'check_files_exist', 'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts',
+           'long_tail_select', 'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders',
+           'synthetic_layout', 'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
 DATASETS = ('synthetic-lt', 'cifar10-lt', 'cifar100-lt', 'imagenet-lt', 'places-lt', 'inat2018', 'split-list')
@@ -495,8 +495,18 @@ def _cifar(dataset, root, imbalance_ratio, seed, download, pipe):
 _SHAPES = ('disk', 'square', 'ring', 'cross', 'diamond', 'hbar', 'triangle', 'xcross', 'frame', 'vbar')
 _COLOURS = {'red': (0.9, 0.15, 0.1), 'green': (0.15, 0.8, 0.2), 'blue': (0.2, 0.35, 0.95),
             'yellow': (0.95, 0.85, 0.1), 'magenta': (0.85, 0.2, 0.8), 'cyan': (0.1, 0.85, 0.85),
-            'orange': (0.95, 0.55, 0.1), 'white': (0.92, 0.92, 0.92), 'purple': (0.5, 0.2, 0.9),
-            'lime': (0.6, 0.95, 0.3)}
+            'white': (0.92, 0.92, 0.92),   # the class colours, 0.5 or more apart
+            'orange': (0.95, 0.55, 0.1), 'lime': (0.6, 0.95, 0.3), 'pink': (1.0, 0.5, 0.6), 'grey': (0.5, 0.5, 0.5),
+            'purple': (0.5, 0.2, 0.9)}     # where hard families drift to
+# Looks (shape, colour) in the order the layout hands them out. A hard family's members step from its colour
+# towards a second colour (`towards`), so that each family drifts into a region of colour of its own. In the default
+# layout the four few-shot easy classes (the last four easy looks) have colours no other class comes near: with a
+# handful of images a network tells a rare class apart by its colour far more readily than by its outline.
+_FAMILY_LOOKS = (('square', 'red', 'orange'), ('disk', 'green', 'lime'), ('ring', 'blue', 'grey'), ('vbar', 'red', 'pink'),
+                 ('frame', 'green', 'cyan'), ('diamond', 'blue', 'purple'))
+_EASY_LOOKS = (('cross', 'green'), ('hbar', 'blue'), ('triangle', 'red'), ('vbar', 'green'), ('cross', 'blue'),
+               ('triangle', 'yellow'), ('hbar', 'cyan'), ('diamond', 'magenta'), ('xcross', 'white'),
+               ('frame', 'red'), ('disk', 'yellow'), ('square', 'cyan'))
 
 def _shape_mask(shape, yy, xx, r):
     "Boolean masks `[N, H, W]`; `yy, xx` centred pixel coordinates `[N, H, W]`, `r` radii `[N, 1, 1]`."
@@ -509,28 +519,37 @@ def _shape_mask(shape, yy, xx, r):
             'frame': (np.maximum(ax, ay) <= 0.9 * r) & (np.maximum(ax, ay) >= 0.5 * r)}[shape]
 
 # %% ../nbs/02_data.ipynb #e69224b9
-def synthetic_layout(num_families=4, family_size=3, num_easy=8, n_max=250, imbalance_ratio=50):
-    "Per class (in quantity-rank order): count, difficulty, family, shape, colour, member index."
-    C = num_families * family_size + num_easy
+SYNTHETIC_FAMILIES = ((0, 1), (2, 8, 15), (4, 10, 17), (6, 12, 19))   # quantity ranks of each hard family's members
+SYNTHETIC_SEP = (0.07, 0.10, 0.10, 0.10)                                # colour step between neighbouring members
+
+def synthetic_layout(families=SYNTHETIC_FAMILIES, sep=SYNTHETIC_SEP, num_classes=20, n_max=250, imbalance_ratio=50):
+    "Per class (in quantity-rank order): count, difficulty, family, shape, colour, member index, mean fill `rgb`."
+    C, fams = num_classes, [sorted(f) for f in families]
+    seps = [float(sep)] * len(fams) if np.isscalar(sep) else [float(s) for s in sep]
     counts = [int(round(n_max * imbalance_ratio ** (-r / (C - 1)))) for r in range(C)]
-    easy = set(np.round(np.linspace(1, C - 4, num_easy)).astype(int).tolist()) if num_easy else set()
-    hard = [r for r in range(C) if r not in easy]
-    cols, classes, e = list(_COLOURS), [None] * C, 0
-    for r in sorted(easy):
-        shape, col = _SHAPES[e % len(_SHAPES)], cols[e % len(cols)]
+    hard = [r for f in fams for r in f]
+    if len(set(hard)) != len(hard) or not all(0 <= r < C for r in hard) or min(map(len, fams), default=2) < 2:
+        raise ValueError(f"families must be disjoint groups of at least 2 ranks in 0..{C - 1}: {families}")
+    if len(seps) != len(fams): raise ValueError(f"sep: one value, or one per family ({len(fams)}), not {sep}")
+    easy = [r for r in range(C) if r not in set(hard)]
+    if len(fams) > len(_FAMILY_LOOKS) or len(easy) > len(_EASY_LOOKS):
+        raise ValueError(f"at most {len(_FAMILY_LOOKS)} families and {len(_EASY_LOOKS)} easy classes")
+    classes, rgb = [None] * C, lambda x: [round(float(v), 4) for v in x]
+    for f, (ranks, s) in enumerate(zip(fams, seps)):
+        shape, col, towards = _FAMILY_LOOKS[f]
+        a, b = np.array(_COLOURS[col]), np.array(_COLOURS[towards])
+        for k, r in enumerate(ranks):
+            classes[r] = dict(name=f'{col}-{shape}-{"abcdefghij"[k]}', count=counts[r], difficulty='hard',
+                              family=f'{col}-{shape}', shape=shape, colour=col, member=k,
+                              rgb=rgb(a + k * s * (b - a) / np.linalg.norm(b - a)))
+    for e, r in enumerate(easy):
+        shape, col = _EASY_LOOKS[e]
         classes[r] = dict(name=f'{col}-{shape}', count=counts[r], difficulty='easy', family=f'{col}-{shape}',
-                          shape=shape, colour=col, member=0); e += 1
-    for i, r in enumerate(hard):
-        f, k = i % num_families, i // num_families
-        shape, col = _SHAPES[(num_easy + f) % len(_SHAPES)], cols[(num_easy + 3 * f + 1) % len(cols)]
-        fam = f'{col}-{shape}'
-        classes[r] = dict(name=f'{fam}-{"abcdefghij"[k]}', count=counts[r], difficulty='hard', family=fam,
-                          shape=shape, colour=col, member=k)
-    assert len({(c['shape'], c['colour']) for c in classes}) == num_easy + num_families, 'layout reuses a look'
+                          shape=shape, colour=col, member=0, rgb=rgb(_COLOURS[col]))
     return classes
 
 # %% ../nbs/02_data.ipynb #89e303db
-def synthetic_images(classes, labels, size=16, sep=0.15, colour_jitter=0.06, noise=0.06, rng=None):
+def synthetic_images(classes, labels, size=16, colour_jitter=0.06, noise=0.06, rng=None):
     "uint8 `[N, size, size, 3]` images of the classes `classes[labels]`."
     rng = rng if rng is not None else np.random.default_rng(0)
     labels = np.asarray(labels); N = len(labels)
@@ -540,25 +559,21 @@ def synthetic_images(classes, labels, size=16, sep=0.15, colour_jitter=0.06, noi
     r = rng.uniform(0.28, 0.4, (N, 1, 1)) * size
     bg = rng.uniform(0.0, 0.4, (N, 1, 1, 3)) + rng.uniform(-0.15, 0.15, (N, 1, 1, 1)) * (c[..., :, None, None] / size)
     img = np.broadcast_to(bg, (N, size, size, 3)).copy()
-    grey = np.ones(3) / np.sqrt(3)
     for k, cl in enumerate(classes):
         idx = np.flatnonzero(labels == k)
         if not len(idx): continue
-        fam = sum(ord(ch) for ch in cl['family'])  # a fixed hue direction per family
-        v = np.cross(grey, np.array([np.cos(fam), np.sin(fam), 0.3])); v /= np.linalg.norm(v)
-        base = np.array(_COLOURS[cl['colour']]) + (cl['member'] * sep if cl['difficulty'] == 'hard' else 0) * v
-        fill = base + rng.normal(0, colour_jitter, (len(idx), 3))
+        fill = np.array(cl['rgb']) + rng.normal(0, colour_jitter, (len(idx), 3))
         m = _shape_mask(cl['shape'], yy[idx], xx[idx], r[idx])
         img[idx] = np.where(m[..., None], fill[:, None, None, :], img[idx])
     img += rng.normal(0, noise, img.shape)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
-def synthetic_lt(seed=0, size=16, test_per_class=100, sep=0.15, colour_jitter=0.06, **layout):
+def synthetic_lt(seed=0, size=16, test_per_class=100, colour_jitter=0.06, **layout):
     "The `synthetic-lt` arrays: `(xtr, ytr, xte, yte, classes)`; train drawn with `seed`, test fixed."
     classes = synthetic_layout(**layout)
     ytr = np.repeat(np.arange(len(classes)), [c['count'] for c in classes])
     yte = np.repeat(np.arange(len(classes)), test_per_class)
-    kw = dict(size=size, sep=sep, colour_jitter=colour_jitter)
+    kw = dict(size=size, colour_jitter=colour_jitter)
     xtr = synthetic_images(classes, ytr, rng=np.random.default_rng([seed, 1]), **kw)
     xte = synthetic_images(classes, yte, rng=np.random.default_rng([2**31 - 1, 2]), **kw)
     return xtr, ytr, xte, yte, classes
@@ -580,7 +595,7 @@ def plot_synthetic_examples(per_class: int = 6, seed: int = 0, **kw):
 # %% ../nbs/02_data.ipynb #993ccbcf
 def _synthetic(seed, pipe, size=16, **kw):
     xtr, ytr, xte, yte, classes = synthetic_lt(seed=seed, size=size, **kw)
-    meta = {k: [c[k] for c in classes] for k in ('count', 'difficulty', 'family', 'shape', 'colour', 'member')}
+    meta = {k: [c[k] for c in classes] for k in ('count', 'difficulty', 'family', 'shape', 'colour', 'member', 'rgb')}
     meta.update(size=size, test_per_class=int(len(yte) // len(classes)), seed=seed, generator=dict(kw))
     return dict(train=ArrayDataset(xtr, ytr, pipe.train_sample), test=ArrayDataset(xte, yte, pipe.test_sample),
                 class_counts=meta['count'], class_names=[c['name'] for c in classes],

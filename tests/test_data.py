@@ -195,25 +195,56 @@ def test_synthetic_deterministic_by_seed():
     assert np.array_equal(a.train.data, b.train.data) and np.array_equal(a.train.targets, b.train.targets)
     assert not np.array_equal(a.train.data, c.train.data)
     assert np.array_equal(a.test.data, c.test.data)   # the test set is the same for every seed
-    assert a.class_counts == c.class_counts
+    assert a.class_counts == c.class_counts and a.class_names == c.class_names and a.meta['rgb'] == c.meta['rgb']
+    d = load_dataset('synthetic-lt', seed=0, sep=0.2)  # the generator's options change the images, and are recorded
+    assert not np.array_equal(a.test.data, d.test.data) and d.meta['generator'] == {'sep': 0.2}
+
+
+def _families(d):
+    fam = {}
+    for c, f in enumerate(d.meta['family']):
+        if d.meta['difficulty'][c] == 'hard': fam.setdefault(f, []).append(d.class_counts[c])
+    return fam
 
 
 def test_synthetic_crosses_quantity_with_difficulty():
     d = load_dataset('synthetic-lt')
-    assert d.name == 'synthetic-lt' and d.transform == 'synthetic'
+    assert d.name == 'synthetic-lt' and d.transform == 'synthetic' and d.num_classes == 20
     assert np.bincount(d.train.targets).tolist() == d.class_counts
     assert len(set(np.bincount(d.test.targets).tolist())) == 1          # balanced test set
     json.dumps(d.meta)
-    assert d.meta['count'] == d.class_counts and len(d.meta['difficulty']) == d.num_classes
+    for k in ('count', 'difficulty', 'family', 'shape', 'colour', 'member', 'rgb'): assert len(d.meta[k]) == d.num_classes
+    assert d.meta['count'] == d.class_counts
     g = shot_groups(d.class_counts)
-    for k in ('many', 'medium', 'few'):
-        assert len(g[k]) > 0
+    for k in ('many', 'medium', 'few'):                                 # every shot group mixes easy and hard classes
         assert {d.meta['difficulty'][i] for i in g[k].tolist()} == {'easy', 'hard'}
-    fam = {}
-    for f, diff, n in zip(d.meta['family'], d.meta['difficulty'], d.class_counts):
-        if diff == 'hard': fam.setdefault(f, []).append(n)
+    fam = _families(d)
     assert len(fam) >= 2 and all(len(v) >= 2 for v in fam.values())
-    assert any(max(v) > 100 and min(v) < 20 for v in fam.values())     # a head-yet-hard class with rare siblings
+    # a head-yet-hard family: head classes of similar size, so that the class prior cannot tell them apart
+    assert any(min(v) > 100 and max(v) / min(v) < 1.5 for v in fam.values())
+    assert 250 in next(v for v in fam.values() if min(v) > 100)         # the largest class is one of them
+    # and families where it can: a head or medium class with few-shot siblings
+    assert sum(max(v) > 50 and min(v) < 20 for v in fam.values()) >= 2
+    # tail-yet-easy classes, each with a colour no other class comes near
+    rgb = np.array(d.meta['rgb']); dist = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + 9 * np.eye(len(rgb))
+    few_easy = [i for i in g['few'].tolist() if d.meta['difficulty'][i] == 'easy']
+    assert len(few_easy) >= 2 and all(dist[i].min() > 0.45 for i in few_easy)
+    # within a family, neighbouring members are `sep` apart in colour, the head pair closest
+    members = {f: [c for c in range(d.num_classes) if d.meta['family'][c] == f] for f in fam}
+    step = {f: dist[m[0], m[1]] for f, m in members.items()}
+    assert min(step, key=step.get) == next(f for f, v in fam.items() if min(v) > 100)
+
+
+def test_synthetic_layout_options():
+    d = load_dataset('synthetic-lt', families=((0, 1, 2), (9, 3), (10, 19), (11, 12)), sep=0.1, test_per_class=3)
+    fam, member = d.meta['family'], d.meta['member']
+    assert fam[0] == fam[1] == fam[2] and fam[3] == fam[9] and fam[10] == fam[19] and len(set(fam)) == 4 + 11
+    assert [member[r] for r in (0, 1, 2, 3, 9, 10, 19)] == [0, 1, 2, 0, 1, 0, 1]   # member a is the largest
+    assert len(d.test) == 60 and d.meta['generator']['sep'] == 0.1
+    with pytest.raises(ValueError, match='disjoint'):
+        load_dataset('synthetic-lt', families=((0, 1), (1, 2)))
+    with pytest.raises(ValueError, match='one per family'):
+        load_dataset('synthetic-lt', sep=(0.1, 0.2))
 
 
 def test_synthetic_is_fast():
