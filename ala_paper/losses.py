@@ -224,7 +224,7 @@ def posthoc_logit_adjust(logits: Tensor, cls_num_list, tau: float = 1.0) -> Tens
     return logits - tau * torch.log(n / n.sum()).to(logits)
 
 # %% ../nbs/00_losses.ipynb #e81c106c
-LOSSES = ('ce', 'focal', 'cb', 'ldam', 'logit-adjust', 'balanced-softmax', 'ala', 'df', 'qf', 'df-ldam')
+LOSSES = ('ce', 'focal', 'cb', 'cb-focal', 'ldam', 'logit-adjust', 'balanced-softmax', 'ala', 'df', 'qf', 'df-ldam')
 ALA_FAMILY = frozenset(ALA_VARIANTS)
 COSINE_LOSSES = frozenset({'ldam'} | ALA_FAMILY)
 
@@ -236,9 +236,9 @@ def make_loss(name: str, cls_num_list, **kw) -> nn.Module:
     if name == 'focal': return FocalLoss(cls_num_list, **kw)
     if name == 'logit-adjust': return LogitAdjustedLoss(cls_num_list, **kw)
     if name == 'balanced-softmax': return BalancedSoftmaxLoss(cls_num_list, **kw)
-    if name == 'cb':
-        beta = kw.pop('beta', 0.9999)
-        return CrossEntropyLoss(cls_num_list, weight=class_balanced_weights(cls_num_list, beta), **kw)
+    if name in ('cb', 'cb-focal'):
+        weight = class_balanced_weights(cls_num_list, kw.pop('beta', 0.9999))
+        return (FocalLoss if name == 'cb-focal' else CrossEntropyLoss)(cls_num_list, weight=weight, **kw)
     return CrossEntropyLoss(cls_num_list, **kw)
 
 # %% ../nbs/00_losses.ipynb #c64ac06c

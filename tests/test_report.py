@@ -1,162 +1,169 @@
-"""data/paper_results.csv against the paper's printed tables; tables and figures rebuilt from fake runs
-(contract-conformant results.json files in temp dirs), directly and through papermill."""
-import json, os, re, subprocess, sys
+"""The paper's numbers as data (data/paper_results.csv against the paper's own lines in data/paper_tables.md, and
+against the paper's text when it is present), the Figure 1 classes and published numbers, and tables and figures
+rebuilt from fake runs (test fixtures in temp dirs)."""
+import csv, json, re, sys
 from pathlib import Path
-import pandas as pd, pytest
+import numpy as np, pandas as pd, pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from ala_paper.report import (load_paper, printed_table, write_fake_runs, fake_results, load_runs, paper_vs_ours,
-                              benchmark_table, build_tables, build_figures, mean_std, METRICS)
+from ala_paper.fixtures import write_fake_run, write_fake_runs
+from ala_paper.metrics import shot_group
+from ala_paper.report import (FAKE_BANNER, METRICS, benchmark_table, build_figures, build_tables, load_paper,
+                              load_published, load_runs, mean_std, paper_vs_ours, posthoc_top1, printed_table)
+from ala_paper.sweep import TABLES
 
-# Tables 1-4 exactly as the paper's text prints them (tab-separated, LaTeX marks), copied from
-# ../shared/paper/ala-loss-paper.md so the test also runs where that file is absent.
-PRINTED = r"""
-# Table 1
-Cross Entropy $\dagger$	64.0	33.8	5.8	41.6	65.9	37.5	7.7	44.4
-Focal Loss $\ddagger$	-	-	-	-	64.3	37.1	8.2	43.7
-OLTR $\ddagger$	-	-	-	-	51.0	40.8	20.8	41.9
-Decouple-LWS $\dagger$	57.1	45.2	29.3	47.7	60.2	47.2	30.3	49.9
-DisAlign $\dagger$	59.9	49.9	31.8	51.3	61.5	50.7	33.1	52.6
-Casual Norm $\ddagger$	-	-	-	-	62.7	48.8	31.6	51.8
-Balanced softmax $\ddagger$	-	-	-	-	62.2	48.8	29.8	51.4
-PC softmax $\ddagger$	-	-	-	-	60.4	46.7	23.8	48.9
-LADE $\ddagger$	-	-	-	-	62.3	49.3	31.2	51.9
-Logit Adjust (loss)	-	-	-	51.0	-	-	-	-
-LDAM + DRW *	61.8	47.2	31.4	50.7	62.9	47.5	31.9	51.3
-ALA Loss	62.4	49.1	35.7	<b>52.4</b>	64.1	49.9	34.7	<b>53.3</b>
+PAPER = ROOT.parent/'shared'/'paper'/'ala-loss-paper.md'
 
-# Table 2
-Cross Entropy $\dagger$	72.2	63.0	57.2	61.7
-CB-Focal $\ddagger$	-	-	-	61.1
-Decouple-LWS $\dagger$	65.0	66.3	65.5	65.9
-BBN $\dagger$	49.4	70.8	65.3	66.3
-DisAlign $\dagger$	-	-	-	67.8
-Casual Norm $\ddagger$	-	-	-	63.9
-Balanced Softmax $\ddagger$	-	-	-	69.8
-PC Softmax $\ddagger$	-	-	-	69.3
-LADE $\ddagger$	-	-	-	70.0
-LDAM + DRW $\ddagger$	-	-	-	68.0
-ALA Loss	71.3	70.8	70.4	<b>70.7</b>
+def verbatim_blocks(text: str) -> dict:
+    "table -> its lines, from data/paper_tables.md's ```text blocks under '## Table N'."
+    out, table, inside = {}, None, False
+    for line in text.splitlines():
+        if line.startswith('## Table '): table = 'table' + line.split()[-1]
+        elif line.startswith('```text'): inside, out[table] = True, []
+        elif line.startswith('```'): inside = False
+        elif inside: out[table].append(line)
+    return out
 
-# Table 3
-Cross Entropy $\dagger$	45.7	27.3	8.2	30.2
-Focal Loss $\dagger$	41.1	34.8	22.4	34.6
-Range Loss $\dagger$	41.1	35.4	23.2	35.1
-OLTR $\dagger$	44.7	37.0	25.3	35.9
-Feature Aug $\dagger$	42.8	37.5	22.7	36.4
-Decouple-LWS $\dagger$	40.6	39.1	28.6	37.6
-DisAlign $\dagger$	40.4	42.4	30.1	39.3
-Causal Norm $\ddagger$	23.8	35.8	40.4	32.4
-Balanced Softmax $\ddagger$	42.0	39.3	30.5	38.6
-PC Softmax $\ddagger$	43.0	39.1	29.6	38.7
-LADE $\ddagger$	42.8	39.0	31.2	38.8
-ALA Loss	43.9	40.1	32.9	<b>40.1</b>
+def paper_blocks(text: str) -> dict:
+    "table -> its non-empty lines, read from the paper's text (header lines up to the caption)."
+    out, lines = {}, None
+    for line in text.splitlines():
+        if line.startswith('Method\t') or line.startswith('\t<b>LDAM'): lines = [line]
+        elif lines is not None and line.startswith('Table '):
+            out['table' + line.split(':')[0].split()[-1]], lines = lines, None
+        elif lines is not None and line.strip(): lines.append(line)
+    return out
 
-# Table 4
-Cross Entropy (CE)	<b>X</b>	<b>X</b>	<b>X</b>	65.9	37.5	7.7	44.4
-LDAM	<b>✓</b>	<b>X</b>	<b>X</b>	62.9	47.5	31.9	51.3
-$\mathcal{DF}$	<b>X</b>	<b>✓</b>	<b>X</b>	64.7	47.3	28.6	51.5
-$\mathcal{QF}$	<b>X</b>	<b>X</b>	<b>✓</b>	61.4	47.7	33.0	51.0
-$\mathcal{DF} \cdot \mathcal{A}^{LDAM}$	<b>✓</b>	<b>✓</b>	<b>X</b>	63.5	48.4	31.9	52.0
-$\mathcal{DF} \cdot \mathcal{QF}$ (ALA Loss)	<b>X</b>	<b>✓</b>	<b>✓</b>	64.1	49.9	34.7	<b>53.3</b>
-"""
-
-def _norm(line: str) -> str:
+def normalise(line: str) -> str:
+    "A printed line with the paper's LaTeX and HTML as plain text (the form `printed_table` writes)."
     s = line.replace('<b>', '').replace('</b>', '')
     for a, b in ((r'$\mathcal{DF} \cdot \mathcal{A}^{LDAM}$', 'DF · A^LDAM'), (r'$\mathcal{DF} \cdot \mathcal{QF}$', 'DF · QF'),
-                 (r'$\mathcal{DF}$', 'DF'), (r'$\mathcal{QF}$', 'QF'), (r'$\ddagger$', '‡'), (r'$\dagger$', '†'), ('\\*', '*')):
+                 (r'$\mathcal{DF}$', 'DF'), (r'$\mathcal{QF}$', 'QF'), (r'$\ddagger$', '‡'), (r'$\dagger$', '†')):
         s = s.replace(a, b)
     return '\t'.join(re.sub(r'\s+', ' ', c).strip() for c in s.split('\t'))
 
-def _blocks(text: str) -> dict:
-    out, cur = {}, None
-    for l in text.splitlines():
-        if l.startswith('# Table '): cur = out.setdefault('table' + l.split()[-1], [])
-        elif l.strip() and cur is not None: cur.append(_norm(l))
-    return out
+VERBATIM = verbatim_blocks((ROOT/'data'/'paper_tables.md').read_text())
 
 @pytest.mark.parametrize('table', ['table1', 'table2', 'table3', 'table4'])
-def test_csv_round_trips_to_printed_tables(table):
-    assert printed_table(table) == _blocks(PRINTED)[table]
+def test_csv_prints_back_to_the_papers_lines(table):
+    rows = [l for l in VERBATIM[table] if not (l.startswith('Method\t') or l.startswith('\t'))]
+    assert printed_table(table) == [normalise(l) for l in rows]
 
-def test_csv_matches_the_paper_file_when_present():
-    paper = ROOT.parent/'shared'/'paper'/'ala-loss-paper.md'
-    if not paper.is_file(): pytest.skip(f'{paper} not here')
-    lines, got, cur = paper.read_text().splitlines(), {}, None
-    for l in lines:
-        if l.startswith('Method\t') or l.startswith('\t<b>LDAM'): cur = []; continue
-        if cur is None: continue
-        if l.startswith('Table '): got['table' + l.split(':')[0].split()[-1].strip('*')] = cur; cur = None
-        elif l.strip() and not l.startswith('\tMany'): cur.append(_norm(l))
-    assert set(got) == {'table1', 'table2', 'table3', 'table4'}
-    for t, v in got.items(): assert printed_table(t) == v, t
+def test_the_copy_is_the_papers_text():
+    if not PAPER.is_file(): pytest.skip(f'{PAPER} not here (a clean clone checks against data/paper_tables.md only)')
+    assert paper_blocks(PAPER.read_text()) == VERBATIM
 
 def test_csv_shape_and_marks():
-    P = load_paper()
-    assert list(P.columns) == ['table', 'dataset', 'backbone', 'method', 'mark', 'source', 'components', *METRICS]
-    assert P.groupby('table').size().to_dict() == {'table1': 24, 'table2': 11, 'table3': 12, 'table4': 6}
-    assert set(P['mark']) == {'', '†', '‡', '*'}
-    assert P[P['mark'] != ''].source.str.len().min() > 10          # every mark keeps its caption's note
-    raw = (ROOT/'data'/'paper_results.csv').read_text().splitlines()[1:]
-    for line in raw:                                                 # numbers as printed: one decimal
+    paper = load_paper()
+    assert list(paper.columns) == ['table', 'dataset', 'backbone', 'method', 'mark', 'source', 'components', 'group',
+                                   *METRICS]
+    assert paper.groupby('table').size().to_dict() == {'table1': 24, 'table2': 11, 'table3': 12, 'table4': 6}
+    assert set(paper['mark']) == {'', '†', '‡', '*'}
+    assert paper[paper['mark'] != ''].source.str.len().min() > 10          # every mark keeps its caption's note
+    groups = paper[paper.table == 'table1'].drop_duplicates('method').set_index('method').group
+    assert list(groups[groups == 'logit adjusting'].index) == ['Casual Norm', 'Balanced softmax', 'PC softmax', 'LADE',
+                                                               'Logit Adjust (loss)', 'LDAM + DRW']
+    for line in (ROOT/'data'/'paper_results.csv').read_text().splitlines()[1:]:   # numbers as printed: one decimal
         for x in line.split(',')[-4:]: assert x == '' or re.fullmatch(r'\d+\.\d', x), line
 
-def test_tables_from_fake_runs(tmp_path):
+def test_figure1_classes():
+    with open(ROOT/'data'/'figure1_classes.csv', newline='') as f: rows = {r['paper_name'] or r['name']: r for r in csv.DictReader(f)}
+    assert (rows['Appenzeller']['wnid'], rows['Black Swan']['wnid']) == ('n02107908', 'n01860187')
+    assert [float(rows['Appenzeller'][k]) for k in ('paper_ce_acc', 'paper_ldam_acc')] == [0.47, 0.18]
+    assert [float(rows['Black Swan'][k]) for k in ('paper_ce_acc', 'paper_ldam_acc')] == [0.8, 0.84]
+    for r in rows.values():                                           # roles agree with the training counts
+        assert shot_group(int(r['train_images'])) == r['shot_group'] and len(r['source']) > 40
+        assert r['role'] != 'head-yet-hard' or r['shot_group'] == 'many'
+        assert r['role'] != 'tail-yet-easy' or r['shot_group'] == 'few'
+
+def test_published_numbers_key_bench_rows():
+    published = load_published()
+    assert set(published.row) <= {r.key for r in TABLES['bench'].rows}
+    assert published.set_index('row')['all'].to_dict() == {'ce': 70.36, 'focal': 70.38, 'ldam': 73.35,
+                                                           'cb-focal': 74.57, 'ldam-drw': 77.03}
+    assert (published.source.str.len() > 40).all()
+
+def test_each_backbone_is_filled_by_its_own_runs(tmp_path):
     runs = tmp_path/'runs'
-    write_fake_runs(runs, 'table4', seeds=[0, 1, 2]); write_fake_runs(runs, 'table1', rows=['focal'], seeds=[0, 1])
-    write_fake_runs(runs/'inet', 'table4', rows=['ce', 'ala'], seeds=[0, 1], dataset='imagenet-lt', arch='resnext50_32x4d')
-    R = load_runs(runs)
-    assert len(R) == 18 + 2 + 4
-    B = benchmark_table('synthetic-lt', R).set_index('loss')
-    want = mean_std([fake_results('ala', s)['top1']['few'] for s in (0, 1, 2)])
-    assert B.loc['ala', 'ours_few'] == pytest.approx(want[0]) and B.loc['ala', 'ours_few_std'] == pytest.approx(want[1])
-    assert B.loc['focal', 'n'] == 2 and B.loc['logit-adjust', 'n'] == 0
-    ce = mean_std([fake_results('ce', s)['top1']['all'] for s in (0, 1, 2)])[0]
-    assert B.loc['qf', 'gain_all'] == pytest.approx(B.loc['qf', 'ours_all'] - ce)
-    T = paper_vs_ours('table4', R).set_index('row')
-    assert T.loc['ce', 'n'] == 2 and T.loc['df', 'n'] == 0
-    ours = mean_std([fake_results('ala', s, 'imagenet-lt')['top1']['all'] for s in (0, 1)])[0]
-    assert T.loc['ala', 'diff_all'] == pytest.approx(ours - 53.3)
-    mds = build_tables(runs, tmp_path/'out')
-    names = sorted(p.name for p in (tmp_path/'out').iterdir())
-    for t in ('table1', 'table2', 'table3', 'table4', 'benchmark_synthetic-lt', 'benchmark_cifar10-lt'):
-        assert f'{t}.md' in names and f'{t}.csv' in names
-    row = [l for l in mds['table4'].splitlines() if l.startswith('| DF · QF (ALA Loss)')][0]
-    assert '| 2 | 64.1 |' in row and '53.3' in row
-    df_row = [l for l in mds['table4'].splitlines() if l.startswith('| DF |')][0]
-    assert [c.strip() for c in df_row.split('|')].count('-') == 9      # seeds + 4 x ours + 4 x difference
-    csv = pd.read_csv(tmp_path/'out'/'benchmark_synthetic-lt.csv')
-    assert csv.set_index('loss').loc['ala', 'ours_all'] == pytest.approx(B.loc['ala', 'ours_all'], abs=1e-3)
+    write_fake_runs(runs, 'table1', rows=['ce', 'pc-softmax', 'ala'], seeds=[0, 1, 2], backbones=['R-50'])
+    frame = paper_vs_ours('table1', load_runs(runs, allow_fake=True)).set_index(['row', 'backbone'])
+    assert frame.loc[('ce', 'R-50'), 'n'] == 3 and frame.loc[('ce', 'X-50'), 'n'] == 0
+    ours = mean_std([json.loads(p.read_text())['top1']['all'] for p in runs.rglob('table1/ce/resnet50/*/results.json')])
+    assert frame.loc[('ce', 'R-50'), 'ours_all'] == pytest.approx(ours[0])
+    assert frame.loc[('ce', 'R-50'), 'ours_all_std'] == pytest.approx(ours[1])
+
+def test_pc_softmax_is_read_from_the_ce_runs_logits(tmp_path):
+    folders = write_fake_runs(tmp_path, 'table2', rows=['ce'], seeds=[0, 1])
+    runs = load_runs(tmp_path, allow_fake=True)
+    frame = paper_vs_ours('table2', runs).set_index('row')
+    by_hand = []
+    for folder in folders:
+        res = json.loads((folder/'results.json').read_text())
+        logits = np.load(folder/'test_logits.npy').astype(np.float64)
+        preds = (logits - np.log(np.array(res['class_counts']) / sum(res['class_counts']))).argmax(1)
+        targets = np.array(res['test_targets'])
+        by_hand.append(np.mean([100 * (preds[targets == c] == c).mean() for c in range(len(res['class_counts']))]))
+        assert posthoc_top1(res, folder)[0]['all'] == pytest.approx(by_hand[-1])
+    assert frame.loc['pc-softmax', 'ours_all'] == pytest.approx(np.mean(by_hand))
+    assert frame.loc['pc-softmax', 'posthoc'] == 'ce runs, from their test logits'
+    assert frame.loc['ce', 'ours_all'] != pytest.approx(np.mean(by_hand))
+
+def test_default_recipe_only_and_notes(tmp_path, capsys):
+    write_fake_runs(tmp_path/'runs', 'bench', rows=['ce', 'ala'], seeds=[0, 1])
+    write_fake_runs(tmp_path/'runs', 'bench', rows=['ala'], seeds=[0], params={'loss_kw': {'qf_norm': 'ln2'}})
+    write_fake_run(tmp_path/'runs'/'by-hand', 'ala', 2, data_seed=0)
+    old = write_fake_run(tmp_path/'runs'/'older', 'ce', 3)            # recorded before backbone_lr existed
+    res = json.loads((tmp_path/'runs'/'older'/'results.json').read_text())
+    del res['params']['backbone_lr']
+    (tmp_path/'runs'/'older'/'results.json').write_text(json.dumps(res))
+    bench = benchmark_table('synthetic-lt', load_runs(tmp_path/'runs', allow_fake=True)).set_index('row')
+    assert bench.loc['ala', 'seeds'] == '0 1' and bench.loc['ce', 'seeds'] == '0 1 3' and old['params']['seed'] == 3
+    mds = build_tables(tmp_path/'runs', tmp_path/'out', 'synthetic-lt', allow_fake=True)
+    note = capsys.readouterr().out
+    assert 'tables of synthetic-lt: 2 run(s) on synthetic-lt left out' in note
+    assert 'loss_kw (1)' in note and 'data_seed (1)' in note
+    assert 'note: tables of synthetic-lt: 2 run(s)' in (tmp_path/'out'/'tables_synthetic-lt.md').read_text()
+    assert mds['benchmark_synthetic-lt'].startswith(FAKE_BANNER)
+
+def test_tables_of_a_variant(tmp_path):
+    write_fake_runs(tmp_path/'runs', 'table3', rows=['ce', 'pc-softmax', 'ala'], seeds=[0], params={'epochs': 2})
+    mds = build_tables(tmp_path/'runs', tmp_path/'out', 'places-lt', allow_fake=True)
+    assert 'note: tables of places-lt: 2 run(s)' in (tmp_path/'out'/'tables_places-lt.md').read_text()
+    mds = build_tables(tmp_path/'runs', tmp_path/'out', 'places-lt', allow_fake=True, params={'epochs': 2})
+    assert 'Runs swept with --param {"epochs": 2}' in mds['table3'] and 'note:' not in (tmp_path/'out'/'tables_places-lt.md').read_text()
+    frame = paper_vs_ours('table3', load_runs(tmp_path/'runs', allow_fake=True), params={'epochs': 2}).set_index('row')
+    assert frame.loc[['ce', 'pc-softmax', 'ala'], 'n'].tolist() == [1, 1, 1]
+
+def test_fake_runs_are_refused_unless_asked_for(tmp_path):
+    write_fake_run(tmp_path/'a', 'ce', 0)
+    with pytest.raises(ValueError, match=r'a/results.json is a fake run'): build_tables(tmp_path, tmp_path/'out')
+    with pytest.raises(ValueError, match=r'a/results.json is a fake run'): build_figures(tmp_path, tmp_path/'out')
+
+def test_bad_results_file_is_named(tmp_path):
+    (tmp_path/'a'/'b').mkdir(parents=True)
+    (tmp_path/'a'/'b'/'results.json').write_text('{"top1": {}}')
+    with pytest.raises(ValueError, match=r'a/b/results.json is not a results.json'): load_runs(tmp_path)
 
 def test_no_runs_gives_dashes_and_skips_figures(tmp_path, capsys):
     mds = build_tables(tmp_path/'none', tmp_path/'out')
     body = [l for l in mds['benchmark_synthetic-lt'].splitlines() if l.startswith('| ') and 'Method' not in l]
-    assert len(body) == 9 and all([c.strip() for c in l.split('|')].count('-') == 6 for l in body)
+    assert len(body) == 13 and all([c.strip() for c in l.split('|')][2:9] == ['-'] * 7 for l in body)
+    assert sorted(p.name for p in (tmp_path/'out').glob('table*.md')) == [f'table{i}.md' for i in (1, 2, 3, 4)] + ['tables.md']
     made = build_figures(tmp_path/'none', tmp_path/'out')
-    assert list(made) == ['figure2_qf_vs_ldam_imagenet-lt-range']
+    assert list(made) == ['figure2_qf_vs_ldam_synthetic-lt']
     assert 'figure1: skipped' in capsys.readouterr().out
 
-def test_figures_from_fake_runs(tmp_path):
-    write_fake_runs(tmp_path/'runs', 'table4', seeds=[0, 1])
-    made = build_figures(tmp_path/'runs', tmp_path/'out', dpi=80)
-    assert len(made) == 4
-    for png, pdf in made.values():
-        assert png.stat().st_size < 300_000 and png.read_bytes()[:4] == b'\x89PNG' and pdf.read_bytes()[:4] == b'%PDF'
-
-def test_bad_results_file_is_named(tmp_path):
-    (tmp_path/'a'/'b').mkdir(parents=True); (tmp_path/'a'/'b'/'results.json').write_text('{"top1": {}}')
-    with pytest.raises(ValueError, match=r'a/b/results.json is not a results.json'): load_runs(tmp_path)
-
-@pytest.mark.parametrize('nb', ['tables', 'figures'])
-def test_notebooks_through_papermill(tmp_path, nb):
-    write_fake_runs(tmp_path/'runs', 'table4', seeds=[0, 1])
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), 'MPLBACKEND': 'Agg'}
-    env.pop('IN_TEST', None)
-    r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT/'nbs'/f'{nb}.ipynb'), str(tmp_path/'out.ipynb'),
-                        '-p', 'runs_dir', str(tmp_path/'runs'), '-p', 'out_dir', str(tmp_path/'out'), '--no-progress-bar'],
-                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = sorted(p.name for p in (tmp_path/'out').iterdir())
-    if nb == 'tables': assert 'tables.md' in out and 'table4.csv' in out
-    else: assert sum(n.endswith('.png') for n in out) == 4 and sum(n.endswith('.pdf') for n in out) == 4
+def test_figures_pick_one_backbone(tmp_path):
+    write_fake_runs(tmp_path/'runs', 'table1', rows=['ce', 'ldam-drw', 'ala'], seeds=[0, 1])
+    made = build_figures(tmp_path/'runs', tmp_path/'out', 'imagenet-lt', allow_fake=True, dpi=60)
+    assert sorted(made) == sorted(f'{n}_imagenet-lt' for n in (
+        'figure1_per_class_accuracy', 'figure1_classes', 'figure2_qf_vs_ldam', 'figure3_true_class_probability',
+        'figure3_probability_shares', 'figure4_adjusting_terms', 'figure4_factors'))
+    classes = pd.read_csv(made['figure1_classes_imagenet-lt'][0])
+    assert classes.name.tolist() == ['Appenzeller', 'Black Swan'] and classes.paper_ldam.tolist() == [18.0, 84.0]
+    assert set(classes.seeds_ce) == {2}                                   # the X-50 runs only, both seeds
+    other = build_figures(tmp_path/'runs', tmp_path/'out', 'imagenet-lt', arch='resnet50', allow_fake=True, dpi=60)
+    assert 'figure1_per_class_accuracy_imagenet-lt_resnet50' in other
+    for png, pdf in (v for v in made.values() if len(v) == 2):
+        assert png.read_bytes()[:4] == b'\x89PNG' and pdf.read_bytes()[:4] == b'%PDF' and png.stat().st_size < 300_000
