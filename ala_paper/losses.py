@@ -250,8 +250,13 @@ def plot_figure2(max_ratio: float = 1000.0, max_m: float = 0.5, axes=None):
     if axes is None: _, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     for ax, norm in zip(axes, (False, True)):
         ax.plot(ratio, qf / qf[0] if norm else qf, label=r'$\mathcal{QF}$ (ALA, eq. 7)', color='C3')
-        ax.plot(ratio, ldam / ldam[0] if norm else ldam, label=rf'LDAM margin ($\propto S^{{-1/4}}$, max {max_m})', color='C0')
-        ax.set_xscale('log'); ax.set_xlabel(r'class size relative to the rarest, $S_j/\min S$')
-        ax.set_ylabel('relative to rarest class' if norm else r'adjusting term $\mathcal{A}[y]$'); ax.grid(alpha=.3)
-    axes[0].set_title('as applied'); axes[1].set_title('shape (rarest class = 1)'); axes[0].legend()
+        ax.plot(ratio, ldam / ldam[0] if norm else ldam, label=rf'LDAM margin ($\propto S^{{-1/4}}$, max {max_m})',
+                color='C0')
+        ax.set_xscale('log')
+        ax.set_xlabel(r'class size relative to the rarest, $S_j/\min S$')
+        ax.set_ylabel('relative to the rarest class' if norm else r'quantity term: $\mathcal{QF}_j$ or LDAM margin')
+        ax.grid(alpha=.3)
+    axes[0].set_title('as applied')
+    axes[1].set_title('shape (rarest class = 1)')
+    axes[0].legend()
     return axes[0].figure

@@ -127,10 +127,23 @@ def test_bad_inputs_have_one_line_messages():
         (torch.zeros(2, 10), torch.tensor([-1, 0]), "target -1 is out of range"),
         (torch.full((2, 10), 5.0), torch.tensor([0, 1]), "cosine logits"),
         (torch.full((2, 10), float("nan")), torch.tensor([0, 1]), "NaN"),
+        (torch.zeros(2, 10).index_put((torch.tensor([0]), torch.tensor([3])), torch.tensor(float("inf"))),
+         torch.tensor([0, 1]), "NaN or inf"),
+        (torch.zeros(2, 10), torch.tensor([0.0, 1.0]), "int64 class indices"),
+        (torch.zeros(2, 10), torch.tensor([0, 1], dtype=torch.int32), "target.long\\(\\)"),
     ]
     for x, t, msg in cases:
         with pytest.raises(ValueError, match=msg) as e:
             crit(x, t)
+        assert "\n" not in str(e.value)
+
+
+def test_bad_construction_has_one_line_messages():
+    for make, msg in [(lambda: ALALoss([5, 0, 3]), "class 1 has 0"), (lambda: ALALoss(COUNTS, variant="dfqf"), "unknown ALA variant"),
+                      (lambda: make_loss("ala-loss", COUNTS), "use one of ce, focal"),
+                      (lambda: LDAMLoss(COUNTS)(torch.full((2, 10), -2.0), torch.tensor([0, 1])), "cosine logits")]:
+        with pytest.raises(ValueError, match=msg) as e:
+            make()
         assert "\n" not in str(e.value)
 
 
@@ -142,5 +155,8 @@ def test_every_named_loss_trains_a_step():
         w = torch.zeros(len(COUNTS), 4, requires_grad=True)
         feats = torch.randn(16, 4)
         logits = torch.tanh(feats @ w.T + x)             # stays in [-1, 1] for the cosine losses
-        make_loss(name, COUNTS)(logits, t).backward()
+        crit = make_loss(name, COUNTS)
+        crit(logits, t).backward()
         assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0, name
+        crit.weight = class_balanced_weights(COUNTS)          # DRW switches weights on like this
+        assert torch.isfinite(crit(logits.detach(), t)), name
