@@ -68,21 +68,21 @@ class ToUint8:
 # %% ../nbs/02_data.ipynb #4a08d0cd
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True, generator=None) -> torch.Tensor:
     "Per image of a uint8 batch `[B, 3, H, W]`: zero-pad by `pad`, take a random H × W window, mirror it with p = 1/2."
-    B, _, H, W = x.shape
+    batch, _, height, width = x.shape
     dev = x.device
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad))        # [B, H+2p, W+2p, 3], zeros outside
-    top = torch.randint(0, 2 * pad + 1, (B, 1), device=dev, generator=generator)
-    left = torch.randint(0, 2 * pad + 1, (B, 1), device=dev, generator=generator)
-    rows, cols = top + torch.arange(H, device=dev), left + torch.arange(W, device=dev)
+    top = torch.randint(0, 2 * pad + 1, (batch, 1), device=dev, generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (batch, 1), device=dev, generator=generator)
+    rows, cols = top + torch.arange(height, device=dev), left + torch.arange(width, device=dev)
     if flip:
-        mirrored = torch.rand(B, 1, device=dev, generator=generator) < 0.5
+        mirrored = torch.rand(batch, 1, device=dev, generator=generator) < 0.5
         cols = torch.where(mirrored, cols.flip(1), cols)                       # a mirror reads the columns backwards
-    out = padded[torch.arange(B, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]   # [B, H, W, 3]
+    out = padded[torch.arange(batch, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]   # [B, H, W, 3]
     return out.permute(0, 3, 1, 2)                                             # NCHW view, channels_last strides
 
 # %% ../nbs/02_data.ipynb #93362c81
 class BatchTransform:
-    "Per batch, on the device: uint8 `[B, 3, H, W]` -> float, normalised by `mean`/`std` (or / 255 without them); with `pad`, random crop + flip first."
+    "On device: uint8 `[B, 3, H, W]` -> float, normalised by `mean`/`std` (else / 255); with `pad`, crop + flip first."
     def __init__(self, mean=None, std=None, pad: int = 0, flip: bool = False):
         self.pad, self.flip = pad, flip
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
@@ -98,13 +98,14 @@ class BatchTransform:
                 if x.device not in self._on: self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
                 mean, std = self._on[x.device]
                 x = x.sub_(mean).div_(std)
-        return x.contiguous(memory_format=torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format)
+        layout = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+        return x.contiguous(memory_format=layout)
 
     def __repr__(self): return f"BatchTransform(pad={self.pad}, flip={self.flip}, normalise={self.mean is not None})"
 
 @dataclass
 class Pipeline:
-    "What a transform name means: `*_sample` per image (to uint8, where images are decoded), `*_batch` per batch on the device."
+    "What a transform name means: `*_sample` per image (to uint8, where decoded), `*_batch` per batch on the device."
     name: str
     train_sample: Callable
     test_sample: Callable
@@ -114,20 +115,21 @@ class Pipeline:
 
 def make_transforms(name: str, size: int | None = None) -> Pipeline:
     "The `Pipeline` of transform `name` in `TRANSFORMS` (`size` only for `synthetic`)."
-    import torchvision.transforms as T
+    from torchvision import transforms
     if name not in TRANSFORMS: raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
     norm = _NORM['imagenet' if name.startswith('imagenet') else name]
     if name.startswith('imagenet'):
-        jitter = [T.ColorJitter(0.4, 0.4, 0.4)] if name == 'imagenet-jitter' else []   # LADE's Places-LT augmentation
-        return Pipeline(name, T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *jitter, T.PILToTensor()]),
-                        T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()]),
-                        BatchTransform(*norm), BatchTransform(*norm))
+        jitter = [transforms.ColorJitter(0.4, 0.4, 0.4)] if name == 'imagenet-jitter' else []   # LADE's Places-LT
+        train = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *jitter,
+                                    transforms.PILToTensor()])
+        test = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+        return Pipeline(name, train, test, BatchTransform(*norm), BatchTransform(*norm))
     size = 32 if name == 'cifar' else (size or 16)
     return Pipeline(name, ToUint8(size), ToUint8(size), BatchTransform(*norm, pad=_CROP_PAD[name], flip=True),
                     BatchTransform(*norm), size)
 
 def custom_pipeline(train_tf: Callable, test_tf: Callable) -> Pipeline:
-    "Your own per-image transforms (on PIL images); their float output is used as it is, a uint8 output is scaled to [0, 1]."
+    "Your own per-image transforms (on PIL images); a float output is used as it is, a uint8 one scaled to [0, 1]."
     return Pipeline('custom', train_tf, test_tf, BatchTransform(), BatchTransform())
 
 # %% ../nbs/02_data.ipynb #44ba07f4
@@ -149,7 +151,8 @@ def open_rgb(path) -> Image.Image:
     try:
         with Image.open(path) as im: return im.convert('RGB')
     except Exception as e:
-        raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); replace or remove it from the list") from None
+        raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {e}); "
+                         f"replace or remove it from the list") from None
 
 class ArrayDataset(torch.utils.data.Dataset):
     "uint8 images `[N, H, W, 3]` with integer labels."
@@ -168,7 +171,7 @@ def decode_images(root, paths, size: int, fit: bool = True, desc: str | None = N
     from concurrent.futures import ThreadPoolExecutor
     from tqdm import tqdm
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    def one(i):
+    def decode_one(i):
         path = os.path.join(str(root), paths[i])
         img = open_rgb(path)
         if img.size != (size, size):
@@ -177,13 +180,14 @@ def decode_images(root, paths, size: int, fit: bool = True, desc: str | None = N
         out[i] = np.asarray(img, dtype=np.uint8)
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        for _ in tqdm(pool.map(one, range(len(paths)), chunksize=256), total=len(paths), desc=desc or f'decoding {root}',
-                      unit='img', disable=len(paths) < 20_000, leave=False): pass
+        decoded = pool.map(decode_one, range(len(paths)), chunksize=256)
+        for _ in tqdm(decoded, total=len(paths), desc=desc or f'decoding {root}', unit='img',
+                      disable=len(paths) < 20_000, leave=False): pass
     return out
 
 # %% ../nbs/02_data.ipynb #eb5a5f40
 class ArrayBatches:
-    "Batches of an in-memory `ArrayDataset` by indexing its array: `(uint8 [B, 3, H, W] with channels_last strides, labels)` on `device`."
+    "Batches by indexing an in-memory `ArrayDataset`: `(uint8 [B, 3, H, W] channels_last, labels)` on `device`."
     def __init__(self, dataset: ArrayDataset, batch_size: int, sampler=None, drop_last: bool = False, device='cpu'):
         device = torch.device(device)
         self.images = torch.from_numpy(dataset.data)                     # [N, H, W, 3], shares the numpy memory
@@ -222,21 +226,24 @@ def collate_encoded(batch):
     return [b for b, _ in batch], torch.tensor([y for _, y in batch])
 
 def random_resized_box(h: int, w: int, generator=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    "RandomResizedCrop's box `(top, left, height, width)`: 10 tries at a random area and aspect, else the centred whole."
+    "RandomResizedCrop's box `(top, left, height, width)`: 10 tries at a random area and aspect, else a centred crop."
     log_r = torch.log(torch.tensor(ratio))
     for _ in range(10):
         area = h * w * float(torch.empty(1).uniform_(*scale, generator=generator))
         aspect = float(torch.exp(torch.empty(1).uniform_(float(log_r[0]), float(log_r[1]), generator=generator)))
-        cw, ch = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator)); left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
-            return top, left, ch, cw
+        crop_w, crop_h = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
+        if 0 < crop_w <= w and 0 < crop_h <= h:
+            top = int(torch.randint(0, h - crop_h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - crop_w + 1, (1,), generator=generator))
+            return top, left, crop_h, crop_w
     aspect = w / h
-    cw, ch = (round(h * ratio[1]), h) if aspect > ratio[1] else ((w, round(w / ratio[0])) if aspect < ratio[0] else (w, h))
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
+    if aspect > ratio[1]: crop_w, crop_h = round(h * ratio[1]), h
+    elif aspect < ratio[0]: crop_w, crop_h = w, round(w / ratio[0])
+    else: crop_w, crop_h = w, h
+    return (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w
 
 class DeviceDecoder:
-    "Decodes a list of encoded images on `device` and crops each like the `imagenet` pipeline: a uint8 `[B, 3, 224, 224]` batch."
+    "Decodes encoded images on `device`, each cropped like the `imagenet` pipeline: a uint8 `[B, 3, 224, 224]` batch."
     def __init__(self, train: bool, size: int = 224): self.train, self.size = train, size
     def __call__(self, files, device, generator=None):
         import torchvision.io as io
@@ -244,7 +251,7 @@ class DeviceDecoder:
         files = [torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in files]
         try: images = io.decode_jpeg(files, mode=io.ImageReadMode.RGB, device=device)
         except RuntimeError:   # a PNG, or a JPEG nvJPEG refuses: decode one by one, on the CPU where needed
-            images = [self._one(f, device) for f in files]
+            images = [self._decode_one(encoded, device) for encoded in files]
         out = []
         for img in images:
             if self.train:
@@ -252,14 +259,15 @@ class DeviceDecoder:
                 img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
                 if float(torch.rand(1, generator=generator)) < 0.5: img = img.flip(-1)
             else:
-                img = TF.center_crop(TF.resize(img, [round(self.size * 256 / 224)], antialias=True), [self.size, self.size])
+                img = TF.resize(img, [round(self.size * 256 / 224)], antialias=True)
+                img = TF.center_crop(img, [self.size, self.size])
             out.append(img)
         return torch.stack(out)
     @staticmethod
-    def _one(f, device):
+    def _decode_one(encoded, device):
         import torchvision.io as io
-        try: return io.decode_jpeg(f, mode=io.ImageReadMode.RGB, device=device)
-        except RuntimeError: return io.decode_image(f, mode=io.ImageReadMode.RGB).to(device)
+        try: return io.decode_jpeg(encoded, mode=io.ImageReadMode.RGB, device=device)
+        except RuntimeError: return io.decode_image(encoded, mode=io.ImageReadMode.RGB).to(device)
 
 # %% ../nbs/02_data.ipynb #5c0e2ee3
 def read_split_list(path) -> tuple[list, np.ndarray]:
@@ -269,41 +277,45 @@ def read_split_list(path) -> tuple[list, np.ndarray]:
         raise FileNotFoundError(f"list file {path} not found; {README_HINT}")
     lines = path.read_text().splitlines()
     paths, labels = [], []
-    for n, line in enumerate(lines, 1):
+    for line_no, line in enumerate(lines, 1):
         parts = line.rsplit(None, 1)
         if not parts: continue
         try:
             if len(parts) != 2: raise ValueError
-            labels.append(int(parts[1])); paths.append(parts[0].lstrip('/'))
+            labels.append(int(parts[1]))
+            paths.append(parts[0].lstrip('/'))
         except ValueError:
-            raise ValueError(f"{path}:{n}: malformed line {line[:80]!r}; expected 'relative/path integer_label'") from None
+            raise ValueError(f"{path}:{line_no}: malformed line {line[:80]!r}; "
+                             f"expected 'relative/path integer_label'") from None
     if not paths: raise ValueError(f"{path} lists no images; expected lines 'relative/path integer_label'")
     labels = np.asarray(labels, dtype=np.int64)
     if labels.min() < 0:
-        n = int(np.argmax(labels < 0)) + 1
-        raise ValueError(f"{path}: negative label {labels.min()} (item {n}); labels must be 0..C-1")
+        item = int(np.argmax(labels < 0)) + 1
+        raise ValueError(f"{path}: negative label {labels.min()} (item {item}); labels must be 0..C-1")
     return paths, labels
 
 # %% ../nbs/02_data.ipynb #a5e23534
 def check_files_exist(root, paths, what='image'):
     "Raise one `FileNotFoundError` naming the first missing `root/path` and the count of missing files."
     root, listing, missing = str(root), {}, []
-    for p in paths:
-        d, f = os.path.split(p)
-        if d not in listing:
-            try: listing[d] = set(os.listdir(os.path.join(root, d)))
-            except OSError: listing[d] = set()
-        if f not in listing[d]: missing.append(p)
+    for rel in paths:
+        folder, name = os.path.split(rel)
+        if folder not in listing:
+            try: listing[folder] = set(os.listdir(os.path.join(root, folder)))
+            except OSError: listing[folder] = set()
+        if name not in listing[folder]: missing.append(rel)
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(paths)} listed {what}s are missing under {root}, "
-                                f"first: {os.path.join(root, missing[0])}; fix the list or the data_root ({README_HINT})")
+                                f"first: {os.path.join(root, missing[0])}; "
+                                f"fix the list or the data_root ({README_HINT})")
 
 def class_counts_from_labels(labels, num_classes, class_names=None, source='training list',
                              fix='add training images or relabel classes to 0..C-1 without gaps') -> list:
     "Training images per class; a class with none is an error naming it."
     counts = np.bincount(np.asarray(labels), minlength=num_classes)[:num_classes]
     if (counts == 0).any():
-        c = int(np.argmax(counts == 0)); name = class_names[c] if class_names else str(c)
+        c = int(np.argmax(counts == 0))
+        name = class_names[c] if class_names else str(c)
         raise ValueError(f"class {c} ({name!r}) has no training images in the {source} "
                          f"({int((counts == 0).sum())} such classes); the quantity factor QF is undefined for it: "
                          f"{fix}")
@@ -312,73 +324,81 @@ def class_counts_from_labels(labels, num_classes, class_names=None, source='trai
 # %% ../nbs/02_data.ipynb #f4d7c7b8
 def _names_from_paths(paths, labels, num_classes):
     first = {}
-    for p, l in zip(paths, labels.tolist()):
-        if l not in first: first[l] = p
-    def name(p):
-        parts = p.replace('\\', '/').split('/')[:-1]
-        return '/'.join(parts[-2:]) if parts and parts[-1].isdigit() else (parts[-1] if parts else p)
+    for path, label in zip(paths, labels.tolist()):
+        if label not in first: first[label] = path
+    def name(path):
+        folders = path.replace('\\', '/').split('/')[:-1]
+        return '/'.join(folders[-2:]) if folders and folders[-1].isdigit() else (folders[-1] if folders else path)
     return [name(first[c]) if c in first else str(c) for c in range(num_classes)]
 
 def fits_in_memory(pipe: Pipeline, num_images: int, in_memory: bool | None = None) -> bool:
-    "Whether images go into memory: the pipeline has a fixed size and `num_images` of it fit `IN_MEMORY_MAX_BYTES` (`in_memory` forces)."
+    "Whether images go into memory: fixed-size pipeline, `num_images` fit `IN_MEMORY_MAX_BYTES` (`in_memory` forces)."
     if in_memory is False or pipe.size is None: return False
     return bool(in_memory) or num_images * pipe.size ** 2 * 3 <= IN_MEMORY_MAX_BYTES
 
-def _image_sets(root, trp, trl, tep, tel, pipe, in_memory):
+def _image_sets(root, train_paths, train_labels, test_paths, test_labels, pipe, in_memory):
     "Training and test datasets over listed images: decoded into memory when they fit, else streamed from disk."
-    if fits_in_memory(pipe, len(trp) + len(tep), in_memory):
-        return (ArrayDataset(decode_images(root, trp, pipe.size, desc='decoding train'), trl, pipe.train_sample),
-                ArrayDataset(decode_images(root, tep, pipe.size, desc='decoding test'), tel, pipe.test_sample))
-    return ImageListDataset(root, trp, trl, pipe.train_sample), ImageListDataset(root, tep, tel, pipe.test_sample)
+    if fits_in_memory(pipe, len(train_paths) + len(test_paths), in_memory):
+        train_images = decode_images(root, train_paths, pipe.size, desc='decoding train')
+        test_images = decode_images(root, test_paths, pipe.size, desc='decoding test')
+        return (ArrayDataset(train_images, train_labels, pipe.train_sample),
+                ArrayDataset(test_images, test_labels, pipe.test_sample))
+    return (ImageListDataset(root, train_paths, train_labels, pipe.train_sample),
+            ImageListDataset(root, test_paths, test_labels, pipe.test_sample))
 
 def _list_dataset(name, root, train_list, test_list, pipe, check_files=True, meta=None, in_memory=None):
-    trp, trl = read_split_list(train_list)
-    tep, tel = read_split_list(test_list)
-    C = int(max(trl.max(), tel.max())) + 1
-    names = _names_from_paths(trp, trl, C)
-    counts = class_counts_from_labels(trl, C, names, f"training list {train_list}")
+    train_paths, train_labels = read_split_list(train_list)
+    test_paths, test_labels = read_split_list(test_list)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    names = _names_from_paths(train_paths, train_labels, num_classes)
+    counts = class_counts_from_labels(train_labels, num_classes, names, f"training list {train_list}")
     if check_files:
-        check_files_exist(root, trp); check_files_exist(root, tep)
-    train, test = _image_sets(root, trp, trl, tep, tel, pipe, in_memory)
-    return dict(train=train, test=test, class_counts=counts, class_names=names, num_classes=C,
+        check_files_exist(root, train_paths)
+        check_files_exist(root, test_paths)
+    train, test = _image_sets(root, train_paths, train_labels, test_paths, test_labels, pipe, in_memory)
+    return dict(train=train, test=test, class_counts=counts, class_names=names, num_classes=num_classes,
                 meta=dict(meta or {}, train_list=str(train_list), test_list=str(test_list),
-                          num_train=len(trl), num_test=len(tel)))
+                          num_train=len(train_labels), num_test=len(test_labels)))
 
 # %% ../nbs/02_data.ipynb #fc2b4495
 def read_inat_json(path):
     "`(paths, category_ids, {id: name})` from an iNat/COCO-style JSON file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path} not found; {README_HINT}")
-    try: d = json.loads(path.read_text())
+    try: doc = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON ({e}); re-download it") from None
     try:
-        file_of = {im['id']: im['file_name'] for im in d['images']}
-        ann = d['annotations']
+        file_of = {im['id']: im['file_name'] for im in doc['images']}
+        ann = doc['annotations']
         paths = [file_of[a['image_id']] for a in ann]
         cats = np.fromiter((a['category_id'] for a in ann), dtype=np.int64, count=len(ann))
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e}; expected COCO-style images[].id/file_name and "
                          f"annotations[].image_id/category_id") from None
-    names = {c['id']: c.get('name', str(c['id'])) for c in d.get('categories', [])}
+    names = {c['id']: c.get('name', str(c['id'])) for c in doc.get('categories', [])}
     return paths, cats, names
 
 def _inat(root, pipe, check_files=True, in_memory=None):
     root = Path(root)
     if (root/'train2018.json').is_file():
-        trp, trc, names = read_inat_json(root/'train2018.json')
-        tep, tec, names2 = read_inat_json(root/'val2018.json')
-        ids = np.union1d(np.union1d(trc, tec), np.fromiter({**names2, **names}.keys(), dtype=np.int64))
-        C = len(ids)
-        gaps = not (ids[0] == 0 and ids[-1] == C - 1)
-        trl, tel = (np.searchsorted(ids, trc), np.searchsorted(ids, tec)) if gaps else (trc, tec)
-        allnames = {**names2, **names}
-        cn = [allnames.get(int(i), str(int(i))) for i in ids]
-        counts = class_counts_from_labels(trl, C, cn, f"{root/'train2018.json'}")
-        meta = dict(format='json', num_train=len(trl), num_test=len(tel))
+        train_paths, train_cats, names = read_inat_json(root/'train2018.json')
+        test_paths, test_cats, test_names = read_inat_json(root/'val2018.json')
+        ids = np.union1d(np.union1d(train_cats, test_cats), np.fromiter({**test_names, **names}.keys(), dtype=np.int64))
+        num_classes = len(ids)
+        gaps = not (ids[0] == 0 and ids[-1] == num_classes - 1)
+        if gaps: train_labels, test_labels = np.searchsorted(ids, train_cats), np.searchsorted(ids, test_cats)
+        else: train_labels, test_labels = train_cats, test_cats
+        all_names = {**test_names, **names}
+        class_names = [all_names.get(int(i), str(int(i))) for i in ids]
+        counts = class_counts_from_labels(train_labels, num_classes, class_names, f"{root/'train2018.json'}")
+        meta = dict(format='json', num_train=len(train_labels), num_test=len(test_labels))
         if gaps: meta['category_ids'] = ids.tolist()
-        if check_files: check_files_exist(root, trp); check_files_exist(root, tep)
-        train, test = _image_sets(root, trp, trl, tep, tel, pipe, in_memory)
-        return dict(train=train, test=test, class_counts=counts, class_names=cn, num_classes=C, meta=meta)
+        if check_files:
+            check_files_exist(root, train_paths)
+            check_files_exist(root, test_paths)
+        train, test = _image_sets(root, train_paths, train_labels, test_paths, test_labels, pipe, in_memory)
+        return dict(train=train, test=test, class_counts=counts, class_names=class_names, num_classes=num_classes,
+                    meta=meta)
     if (root/'iNaturalist18_train.txt').is_file():
         return _list_dataset('inat2018', root, root/'iNaturalist18_train.txt', root/'iNaturalist18_val.txt',
                              pipe, check_files, meta=dict(format='txt'), in_memory=in_memory)
@@ -402,34 +422,39 @@ def long_tail_select(labels, counts, seed=0) -> np.ndarray:
 # %% ../nbs/02_data.ipynb #8793f67b
 _CIFAR = {'cifar10-lt': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'],
                          'batches.meta', 'label_names', 'labels', 'CIFAR10', 10),
-          'cifar100-lt': ('cifar-100-python', ['train'], ['test'], 'meta', 'fine_label_names', 'fine_labels', 'CIFAR100', 100)}
+          'cifar100-lt': ('cifar-100-python', ['train'], ['test'],
+                          'meta', 'fine_label_names', 'fine_labels', 'CIFAR100', 100)}
 
 def read_cifar(root, dataset='cifar10-lt', train=True, download=False):
     "`(uint8 [N,32,32,3], labels, class_names)` from torchvision-layout CIFAR pickles under `root`."
-    folder, trf, tef, metaf, key, lkey, tv, _ = _CIFAR[dataset]
+    folder, train_files, test_files, meta_file, names_key, labels_key, tv_name, _ = _CIFAR[dataset]
     base = Path(root)/folder
     if download and not base.is_dir():
         import torchvision
-        getattr(torchvision.datasets, tv)(str(root), train=True, download=True)
+        getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
     data, labels = [], []
-    for f in (trf if train else tef):
-        p = base/f
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found; pass download=True to fetch {dataset[:-3].upper()} with torchvision, or {README_HINT}")
-        with open(p, 'rb') as fh: e = pickle.load(fh, encoding='latin1')
-        data.append(np.asarray(e['data'], dtype=np.uint8)); labels.extend(e[lkey])
-    with open(base/metaf, 'rb') as fh: names = pickle.load(fh, encoding='latin1')[key]
-    return np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.int64), list(names)
+    for file_name in (train_files if train else test_files):
+        batch_file = base/file_name
+        if not batch_file.is_file():
+            raise FileNotFoundError(f"{batch_file} not found; pass download=True to fetch {dataset[:-3].upper()} "
+                                    f"with torchvision, or {README_HINT}")
+        with open(batch_file, 'rb') as fh: batch = pickle.load(fh, encoding='latin1')
+        data.append(np.asarray(batch['data'], dtype=np.uint8))
+        labels.extend(batch[labels_key])
+    with open(base/meta_file, 'rb') as fh: names = pickle.load(fh, encoding='latin1')[names_key]
+    images = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, np.asarray(labels, dtype=np.int64), list(names)
 
 def read_image_folder(split_dir) -> tuple[list, np.ndarray, list]:
-    "`(paths relative to split_dir, labels, class names)` of a `split_dir/<class>/<image>` tree; label = rank of the folder name."
+    "`(paths relative to split_dir, labels, class names)` of a `split_dir/<class>/<image>` tree; label = folder's rank."
     split_dir = Path(split_dir)
     names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith('.'))
     if not names: raise ValueError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/<image files>")
     paths, labels = [], []
     for c, name in enumerate(names):
         files = sorted(f.name for f in os.scandir(split_dir/name) if f.is_file() and not f.name.startswith('.'))
-        paths += [f'{name}/{f}' for f in files]; labels += [c] * len(files)
+        paths += [f'{name}/{f}' for f in files]
+        labels += [c] * len(files)
     return paths, np.asarray(labels, dtype=np.int64), names
 
 def cifar_layout(root, dataset='cifar10-lt') -> str:
@@ -438,33 +463,38 @@ def cifar_layout(root, dataset='cifar10-lt') -> str:
     if (root/_CIFAR[dataset][0]).is_dir(): return 'pickles'
     if (root/'train').is_dir() and (root/'test').is_dir(): return 'folders'
     raise FileNotFoundError(f"{root} holds neither {_CIFAR[dataset][0]}/ (CIFAR python pickles) nor train/ and test/ "
-                            f"class folders (an image-folder copy); pass download=True to fetch the pickles, or {README_HINT}")
+                            f"class folders (an image-folder copy); pass download=True to fetch the pickles, "
+                            f"or {README_HINT}")
 
 def _check_class_folders(root, dataset, train_names, test_names):
-    C = _CIFAR[dataset][-1]
+    num_classes = _CIFAR[dataset][-1]
     for split, names in (('train', train_names), ('test', test_names)):
-        if len(names) != C:
-            raise ValueError(f"{Path(root)/split} has {len(names)} class folders, {dataset} needs {C}: "
+        if len(names) != num_classes:
+            raise ValueError(f"{Path(root)/split} has {len(names)} class folders, {dataset} needs {num_classes}: "
                              f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
     if train_names != test_names:
         odd = sorted(set(train_names) ^ set(test_names))
         raise ValueError(f"{root}: train/ and test/ name different classes ({', '.join(odd[:6])}); "
-                         f"both need the same {C} class folders")
+                         f"both need the same {num_classes} class folders")
 
 def read_cifar_folders(root, dataset='cifar10-lt', counts_for=None, seed=0):
     "`(xtr, ytr, xte, yte, names)` from an image-folder CIFAR copy; `counts_for(n_max)` gives the per-class draw."
     root = Path(root)
-    trp, trl, names = read_image_folder(root/'train')
-    tep, tel, test_names = read_image_folder(root/'test')
+    train_paths, train_labels, names = read_image_folder(root/'train')
+    test_paths, test_labels, test_names = read_image_folder(root/'test')
     _check_class_folders(root, dataset, names, test_names)
-    for c, n in enumerate(np.bincount(tel, minlength=len(names))):
+    for c, n in enumerate(np.bincount(test_labels, minlength=len(names))):
         if n == 0: raise ValueError(f"{root/'test'/names[c]} holds no images; every class needs test images")
-    C = len(names)
-    class_counts_from_labels(trl, C, names, f"image folder {root/'train'}", fix='add its training images')
-    keep = long_tail_select(trl, counts_for(int(np.bincount(trl, minlength=C).min()), names), seed) if counts_for else np.arange(len(trl))
-    xtr = decode_images(root/'train', [trp[i] for i in keep], 32, fit=False, desc='decoding CIFAR train')
-    xte = decode_images(root/'test', tep, 32, fit=False, desc='decoding CIFAR test')
-    return xtr, trl[keep], xte, tel, names
+    num_classes = len(names)
+    class_counts_from_labels(train_labels, num_classes, names, f"image folder {root/'train'}",
+                             fix='add its training images')
+    if counts_for:
+        n_max = int(np.bincount(train_labels, minlength=num_classes).min())
+        keep = long_tail_select(train_labels, counts_for(n_max, names), seed)
+    else: keep = np.arange(len(train_labels))
+    xtr = decode_images(root/'train', [train_paths[i] for i in keep], 32, fit=False, desc='decoding CIFAR train')
+    xte = decode_images(root/'test', test_paths, 32, fit=False, desc='decoding CIFAR test')
+    return xtr, train_labels[keep], xte, test_labels, names
 
 # %% ../nbs/02_data.ipynb #a069e42d
 def _cifar(dataset, root, imbalance_ratio, seed, download, pipe):
@@ -480,16 +510,19 @@ def _cifar(dataset, root, imbalance_ratio, seed, download, pipe):
     else:
         xtr, ytr, names = read_cifar(root, dataset, True, download)
         xte, yte, _ = read_cifar(root, dataset, False)
-        if len(names) != _CIFAR[dataset][-1]: raise ValueError(f"{root}: the {dataset} pickles name {len(names)} classes, not {_CIFAR[dataset][-1]}")
-        keep = long_tail_select(ytr, counts_for(int(np.bincount(ytr, minlength=len(names)).min()), names), seed)
+        if len(names) != _CIFAR[dataset][-1]:
+            raise ValueError(f"{root}: the {dataset} pickles name {len(names)} classes, not {_CIFAR[dataset][-1]}")
+        n_max = int(np.bincount(ytr, minlength=len(names)).min())
+        keep = long_tail_select(ytr, counts_for(n_max, names), seed)
         xtr, ytr = xtr[keep], ytr[keep]
-    C = len(names)
+    num_classes = len(names)
     import hashlib
     meta = dict(imbalance_ratio=imbalance_ratio, selection_seed=seed, layout=layout, source=str(Path(root).resolve()),
-                n_max=int(np.bincount(ytr, minlength=C).max()), num_train=len(ytr), num_test=len(yte),
+                n_max=int(np.bincount(ytr, minlength=num_classes).max()), num_train=len(ytr), num_test=len(yte),
                 train_sha256=hashlib.sha256(xtr.tobytes() + ytr.tobytes()).hexdigest())
     return dict(train=ArrayDataset(xtr, ytr, pipe.train_sample), test=ArrayDataset(xte, yte, pipe.test_sample),
-                class_counts=np.bincount(ytr, minlength=C).tolist(), class_names=names, num_classes=C, meta=meta)
+                class_counts=np.bincount(ytr, minlength=num_classes).tolist(), class_names=names,
+                num_classes=num_classes, meta=meta)
 
 # %% ../nbs/02_data.ipynb #09b78567
 _SHAPES = ('disk', 'square', 'ring', 'cross', 'diamond', 'hbar', 'triangle', 'xcross', 'frame', 'vbar')
@@ -502,8 +535,8 @@ _COLOURS = {'red': (0.9, 0.15, 0.1), 'green': (0.15, 0.8, 0.2), 'blue': (0.2, 0.
 # towards a second colour (`towards`), so that each family drifts into a region of colour of its own. In the default
 # layout the four few-shot easy classes (the last four easy looks) have colours no other class comes near: with a
 # handful of images a network tells a rare class apart by its colour far more readily than by its outline.
-_FAMILY_LOOKS = (('square', 'red', 'orange'), ('disk', 'green', 'lime'), ('ring', 'blue', 'grey'), ('vbar', 'red', 'pink'),
-                 ('frame', 'green', 'cyan'), ('diamond', 'blue', 'purple'))
+_FAMILY_LOOKS = (('square', 'red', 'orange'), ('disk', 'green', 'lime'), ('ring', 'blue', 'grey'),
+                 ('vbar', 'red', 'pink'), ('frame', 'green', 'cyan'), ('diamond', 'blue', 'purple'))
 _EASY_LOOKS = (('cross', 'green'), ('hbar', 'blue'), ('triangle', 'red'), ('vbar', 'green'), ('cross', 'blue'),
                ('triangle', 'yellow'), ('hbar', 'cyan'), ('diamond', 'magenta'), ('xcross', 'white'),
                ('frame', 'red'), ('disk', 'yellow'), ('square', 'cyan'))
@@ -524,26 +557,26 @@ SYNTHETIC_SEP = (0.07, 0.10, 0.10, 0.10)                                # colour
 
 def synthetic_layout(families=SYNTHETIC_FAMILIES, sep=SYNTHETIC_SEP, num_classes=20, n_max=250, imbalance_ratio=50):
     "Per class (in quantity-rank order): count, difficulty, family, shape, colour, member index, mean fill `rgb`."
-    C, fams = num_classes, [sorted(f) for f in families]
+    fams = [sorted(f) for f in families]
     seps = [float(sep)] * len(fams) if np.isscalar(sep) else [float(s) for s in sep]
-    counts = [int(round(n_max * imbalance_ratio ** (-r / (C - 1)))) for r in range(C)]
+    counts = [int(round(n_max * imbalance_ratio ** (-r / (num_classes - 1)))) for r in range(num_classes)]
     hard = [r for f in fams for r in f]
-    if len(set(hard)) != len(hard) or not all(0 <= r < C for r in hard) or min(map(len, fams), default=2) < 2:
-        raise ValueError(f"families must be disjoint groups of at least 2 ranks in 0..{C - 1}: {families}")
+    if len(set(hard)) != len(hard) or not all(0 <= r < num_classes for r in hard) or min(map(len, fams), default=2) < 2:
+        raise ValueError(f"families must be disjoint groups of at least 2 ranks in 0..{num_classes - 1}: {families}")
     if len(seps) != len(fams): raise ValueError(f"sep: one value, or one per family ({len(fams)}), not {sep}")
-    easy = [r for r in range(C) if r not in set(hard)]
+    easy = [r for r in range(num_classes) if r not in set(hard)]
     if len(fams) > len(_FAMILY_LOOKS) or len(easy) > len(_EASY_LOOKS):
         raise ValueError(f"at most {len(_FAMILY_LOOKS)} families and {len(_EASY_LOOKS)} easy classes")
-    classes, rgb = [None] * C, lambda x: [round(float(v), 4) for v in x]
-    for f, (ranks, s) in enumerate(zip(fams, seps)):
-        shape, col, towards = _FAMILY_LOOKS[f]
-        a, b = np.array(_COLOURS[col]), np.array(_COLOURS[towards])
+    classes, rgb = [None] * num_classes, lambda x: [round(float(v), 4) for v in x]
+    for family_no, (ranks, step) in enumerate(zip(fams, seps)):
+        shape, col, towards = _FAMILY_LOOKS[family_no]
+        start, end = np.array(_COLOURS[col]), np.array(_COLOURS[towards])
         for k, r in enumerate(ranks):
             classes[r] = dict(name=f'{col}-{shape}-{"abcdefghij"[k]}', count=counts[r], difficulty='hard',
                               family=f'{col}-{shape}', shape=shape, colour=col, member=k,
-                              rgb=rgb(a + k * s * (b - a) / np.linalg.norm(b - a)))
-    for e, r in enumerate(easy):
-        shape, col = _EASY_LOOKS[e]
+                              rgb=rgb(start + k * step * (end - start) / np.linalg.norm(end - start)))
+    for easy_no, r in enumerate(easy):
+        shape, col = _EASY_LOOKS[easy_no]
         classes[r] = dict(name=f'{col}-{shape}', count=counts[r], difficulty='easy', family=f'{col}-{shape}',
                           shape=shape, colour=col, member=0, rgb=rgb(_COLOURS[col]))
     return classes
@@ -552,19 +585,22 @@ def synthetic_layout(families=SYNTHETIC_FAMILIES, sep=SYNTHETIC_SEP, num_classes
 def synthetic_images(classes, labels, size=16, colour_jitter=0.06, noise=0.06, rng=None):
     "uint8 `[N, size, size, 3]` images of the classes `classes[labels]`."
     rng = rng if rng is not None else np.random.default_rng(0)
-    labels = np.asarray(labels); N = len(labels)
-    c = (np.arange(size) - (size - 1) / 2)[None]
-    cy, cx = rng.uniform(-0.12, 0.12, (2, N, 1, 1)) * size
-    yy, xx = c[..., :, None] - cy, c[..., None, :] - cx
-    r = rng.uniform(0.28, 0.4, (N, 1, 1)) * size
-    bg = rng.uniform(0.0, 0.4, (N, 1, 1, 3)) + rng.uniform(-0.15, 0.15, (N, 1, 1, 1)) * (c[..., :, None, None] / size)
-    img = np.broadcast_to(bg, (N, size, size, 3)).copy()
-    for k, cl in enumerate(classes):
+    labels = np.asarray(labels)
+    num_images = len(labels)
+    coords = (np.arange(size) - (size - 1) / 2)[None]
+    cy, cx = rng.uniform(-0.12, 0.12, (2, num_images, 1, 1)) * size
+    yy, xx = coords[..., :, None] - cy, coords[..., None, :] - cx
+    radius = rng.uniform(0.28, 0.4, (num_images, 1, 1)) * size
+    shade = rng.uniform(0.0, 0.4, (num_images, 1, 1, 3))
+    tilt = rng.uniform(-0.15, 0.15, (num_images, 1, 1, 1))
+    bg = shade + tilt * (coords[..., :, None, None] / size)
+    img = np.broadcast_to(bg, (num_images, size, size, 3)).copy()
+    for k, spec in enumerate(classes):
         idx = np.flatnonzero(labels == k)
         if not len(idx): continue
-        fill = np.array(cl['rgb']) + rng.normal(0, colour_jitter, (len(idx), 3))
-        m = _shape_mask(cl['shape'], yy[idx], xx[idx], r[idx])
-        img[idx] = np.where(m[..., None], fill[:, None, None, :], img[idx])
+        fill = np.array(spec['rgb']) + rng.normal(0, colour_jitter, (len(idx), 3))
+        mask = _shape_mask(spec['shape'], yy[idx], xx[idx], radius[idx])
+        img[idx] = np.where(mask[..., None], fill[:, None, None, :], img[idx])
     img += rng.normal(0, noise, img.shape)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
@@ -583,10 +619,13 @@ def plot_synthetic_examples(per_class: int = 6, seed: int = 0, **kw):
     "A figure with `per_class` test images per `synthetic-lt` class, easy classes first, then each hard family."
     import matplotlib.pyplot as plt
     _, _, xte, yte, classes = synthetic_lt(seed=seed, test_per_class=per_class, **kw)
-    order = sorted(range(len(classes)), key=lambda k: (classes[k]['difficulty'], classes[k]['family'], classes[k]['member']))
+    order = sorted(range(len(classes)),
+                   key=lambda k: (classes[k]['difficulty'], classes[k]['family'], classes[k]['member']))
     fig, axs = plt.subplots(len(order), 1, figsize=(per_class * 0.42 + 1.6, len(order) * 0.42))
     for ax, k in zip(axs, order):
-        ax.imshow(np.concatenate(list(xte[yte == k]), axis=1)); ax.set_xticks([]); ax.set_yticks([])
+        ax.imshow(np.concatenate(list(xte[yte == k]), axis=1))
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.set_ylabel(f"{classes[k]['name']}\n{classes[k]['difficulty']}, n={classes[k]['count']}", rotation=0,
                       ha='right', va='center', fontsize=7)
     fig.subplots_adjust(left=0.32, right=0.99, top=0.995, bottom=0.005, hspace=0.08)
@@ -602,7 +641,8 @@ def _synthetic(seed, pipe, size=16, **kw):
                 num_classes=len(classes), meta=meta)
 
 # %% ../nbs/02_data.ipynb #5c7621d2
-DEFAULT_TRANSFORM = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt': 'cifar', 'places-lt': 'imagenet-jitter'}
+DEFAULT_TRANSFORM = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt': 'cifar',
+                     'places-lt': 'imagenet-jitter'}
 _LISTS = {'imagenet-lt': ('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'),
           'places-lt': ('Places_LT_train.txt', 'Places_LT_test.txt')}
 
@@ -613,7 +653,8 @@ def _fit_arrays(ds: ArrayDataset, pipe: Pipeline) -> ArrayDataset:
     return ArrayDataset(fitted, ds.targets, ds.transform)
 
 def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, test_list=None, transform=None,
-                 imbalance_ratio=100, seed=0, download=False, check_files=True, in_memory=None, **synthetic_kw) -> LTData:
+                 imbalance_ratio=100, seed=0, download=False, check_files=True, in_memory=None,
+                 **synthetic_kw) -> LTData:
     "Load a long-tailed benchmark by name (see `DATASETS`); `in_memory`: None = when it fits, False = stream from disk."
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
@@ -622,7 +663,7 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
     tname = transform if transform is not None else DEFAULT_TRANSFORM.get(dataset, 'imagenet')
     pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':
-        d = _synthetic(seed, pipe, **synthetic_kw)
+        parts = _synthetic(seed, pipe, **synthetic_kw)
     else:
         if data_root is None:
             raise ValueError(f"{dataset} needs data_root, the folder holding its files; {README_HINT}")
@@ -630,16 +671,18 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         if not root.is_dir() and not (download and dataset.startswith('cifar')):
             raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
         if dataset.startswith('cifar'):
-            d = _cifar(dataset, root, imbalance_ratio, seed, download, pipe)
+            parts = _cifar(dataset, root, imbalance_ratio, seed, download, pipe)
         elif dataset == 'inat2018' and train_list is None:
-            d = _inat(root, pipe, check_files, in_memory)
+            parts = _inat(root, pipe, check_files, in_memory)
         else:
             if dataset == 'split-list' and (train_list is None or test_list is None):
-                raise ValueError("split-list needs train_list and test_list ('relative/path label' files, paths relative to data_root)")
-            trl, tel = _LISTS.get(dataset, ('iNaturalist18_train.txt', 'iNaturalist18_val.txt'))
-            d = _list_dataset(dataset, root, root/(train_list or trl), root/(test_list or tel), pipe, check_files,
-                              in_memory=in_memory)
-    if isinstance(d['train'], ArrayDataset):
-        if in_memory is False: raise ValueError(f"{dataset} is held in memory by design; in_memory=False does not apply to it")
-        d['train'], d['test'] = _fit_arrays(d['train'], pipe), _fit_arrays(d['test'], pipe)
-    return LTData(name=dataset, transform=pipe.name, pipeline=pipe, **d)
+                raise ValueError("split-list needs train_list and test_list ('relative/path label' files, "
+                                 "paths relative to data_root)")
+            train_file, test_file = _LISTS.get(dataset, ('iNaturalist18_train.txt', 'iNaturalist18_val.txt'))
+            parts = _list_dataset(dataset, root, root/(train_list or train_file), root/(test_list or test_file), pipe,
+                                  check_files, in_memory=in_memory)
+    if isinstance(parts['train'], ArrayDataset):
+        if in_memory is False:
+            raise ValueError(f"{dataset} is held in memory by design; in_memory=False does not apply to it")
+        parts['train'], parts['test'] = _fit_arrays(parts['train'], pipe), _fit_arrays(parts['test'], pipe)
+    return LTData(name=dataset, transform=pipe.name, pipeline=pipe, **parts)

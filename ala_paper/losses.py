@@ -25,14 +25,15 @@ def la_loss(logits: Tensor, target: Tensor, A: Tensor | float = 0.0, s: float = 
 # %% ../nbs/00_losses.ipynb #3d85b90c
 def class_counts_tensor(cls_num_list) -> Tensor:
     "Training images per class as a float64 tensor; every count must be a finite number > 0."
-    n = torch.as_tensor(cls_num_list, dtype=torch.float64).flatten()
-    if n.numel() == 0: raise ValueError("cls_num_list is empty: pass the number of training images of every class")
-    bad = (~torch.isfinite(n)) | (n <= 0)
+    counts = torch.as_tensor(cls_num_list, dtype=torch.float64).flatten()
+    if counts.numel() == 0:
+        raise ValueError("cls_num_list is empty: pass the number of training images of every class")
+    bad = (~torch.isfinite(counts)) | (counts <= 0)
     if bad.any():
         j = int(bad.nonzero()[0])
         raise ValueError(f"class {j} has {cls_num_list[j]} training images: every class needs at least one "
                          "(remove the class or add images; the adjusting terms are undefined for it)")
-    return n
+    return counts
 
 # %% ../nbs/00_losses.ipynb #d8841c68
 def ldam_margins(cls_num_list, max_m: float = 0.5) -> Tensor:
@@ -60,23 +61,25 @@ class _MarginCE(torch.autograd.Function):
     "Cross-entropy of `s * (x - margin * onehot(target))`, weighted like F.cross_entropy; margin has no gradient."
     @staticmethod
     def forward(ctx, x, target, margin, s, weight):
-        t = target.view(-1, 1)
-        z = x.to(torch.promote_types(x.dtype, torch.float32)) * s   # the scaled logits, as in CE
-        z.scatter_add_(1, t, margin.view(-1, 1).to(z.dtype) * -s)   # adjust the target logit only
-        logp = torch.log_softmax(z, dim=1)                     # fused kernel, as in CE
-        w = None if weight is None else weight.to(z.dtype)[target]
-        loss = -logp.gather(1, t).mean() if w is None else -(logp.gather(1, t).view(-1) * w).sum() / w.sum()
-        ctx.save_for_backward(logp, target, w)
+        index = target.view(-1, 1)
+        scaled = x.to(torch.promote_types(x.dtype, torch.float32)) * s   # the scaled logits, as in CE
+        scaled.scatter_add_(1, index, margin.view(-1, 1).to(scaled.dtype) * -s)   # adjust the target logit only
+        logp = torch.log_softmax(scaled, dim=1)                # fused kernel, as in CE
+        sample_w = None if weight is None else weight.to(scaled.dtype)[target]
+        target_logp = logp.gather(1, index)
+        loss = -target_logp.mean() if sample_w is None else -(target_logp.view(-1) * sample_w).sum() / sample_w.sum()
+        ctx.save_for_backward(logp, target, sample_w)
         ctx.s, ctx.in_dtype = s, x.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
-        logp, target, w = ctx.saved_tensors
-        t = target.view(-1, 1)
-        scale = grad_out * (ctx.s / logp.shape[0]) if w is None else ((grad_out * ctx.s / w.sum()) * w).view(-1, 1)
+        logp, target, sample_w = ctx.saved_tensors
+        index = target.view(-1, 1)
+        if sample_w is None: scale = grad_out * (ctx.s / logp.shape[0])
+        else: scale = ((grad_out * ctx.s / sample_w.sum()) * sample_w).view(-1, 1)
         grad = logp.exp().mul_(scale)                          # softmax of the adjusted logits, scaled
-        grad.scatter_add_(1, t, (-scale).expand(t.shape))      # eq. (3): minus one at the target
+        grad.scatter_add_(1, index, (-scale).expand(index.shape))   # eq. (3): minus one at the target
         return grad.to(ctx.in_dtype), None, None, None, None
 
 def margin_cross_entropy(x: Tensor, target: Tensor, margin: Tensor, s: float = 30.0,
@@ -87,15 +90,19 @@ def margin_cross_entropy(x: Tensor, target: Tensor, margin: Tensor, s: float = 3
 # %% ../nbs/00_losses.ipynb #4dcb2402
 def _check_inputs(logits: Tensor, target: Tensor, num_classes: int) -> None:
     if logits.dim() != 2 or logits.shape[1] != num_classes:
-        raise ValueError(f"logits must have shape [batch, {num_classes}] (one column per class), got {list(logits.shape)}")
+        raise ValueError(f"logits must have shape [batch, {num_classes}] (one column per class), "
+                         f"got {list(logits.shape)}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(f"target must have shape [{logits.shape[0]}] (one class index per logit row), got {list(target.shape)}")
+        raise ValueError(f"target must have shape [{logits.shape[0]}] (one class index per logit row), "
+                         f"got {list(target.shape)}")
     if target.dtype != torch.int64:
-        raise ValueError(f"target must hold int64 class indices (torch.long, as F.cross_entropy), got {target.dtype}: pass target.long()")
+        raise ValueError(f"target must hold int64 class indices (torch.long, as F.cross_entropy), "
+                         f"got {target.dtype}: pass target.long()")
     if target.numel():
         lo, hi = torch.stack(torch.aminmax(target)).tolist()
         if lo < 0 or hi >= num_classes:
-            raise ValueError(f"target {lo if lo < 0 else hi} is out of range: class indices must be in [0, {num_classes - 1}]")
+            raise ValueError(f"target {lo if lo < 0 else hi} is out of range: "
+                             f"class indices must be in [0, {num_classes - 1}]")
 
 def _check_values(loss: Tensor, cos_target: Tensor | None = None, tol: float = 1e-3) -> None:
     vals = loss.detach().view(1) if cos_target is None or not cos_target.numel() else \
@@ -113,7 +120,8 @@ class _LongTailLoss(nn.Module):
         super().__init__()
         self.register_buffer('counts', class_counts_tensor(cls_num_list).float(), persistent=False)
         self.num_classes, self.validate = len(self.counts), validate
-        self.register_buffer('weight', None if weight is None else torch.as_tensor(weight, dtype=torch.float32), persistent=False)
+        weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        self.register_buffer('weight', weight, persistent=False)
 
     def _weight(self, like: Tensor):
         if self.weight is None: return None
@@ -124,7 +132,8 @@ class _LongTailLoss(nn.Module):
 # %% ../nbs/00_losses.ipynb #a92aeca2
 class LDAMLoss(_LongTailLoss):
     "LDAM: margins proportional to S_j^(-1/4) (largest `max_m`) on the target cosine logit, scale `s`."
-    def __init__(self, cls_num_list, max_m: float = 0.5, s: float = 30.0, weight: Tensor | None = None, validate: bool = True):
+    def __init__(self, cls_num_list, max_m: float = 0.5, s: float = 30.0, weight: Tensor | None = None,
+                 validate: bool = True):
         super().__init__(cls_num_list, weight, validate)
         self.s, self.max_m = s, max_m
         self.register_buffer('margins', ldam_margins(cls_num_list, max_m), persistent=False)
@@ -143,7 +152,8 @@ class ALALoss(_LongTailLoss):
     def __init__(self, cls_num_list, s: float = 30.0, weight: Tensor | None = None, variant: str = 'ala',
                  qf_norm: str = 'paper', max_m: float = 0.5, validate: bool = True):
         super().__init__(cls_num_list, weight, validate)
-        if variant not in ALA_VARIANTS: raise ValueError(f"unknown ALA variant {variant!r}: use one of {', '.join(ALA_VARIANTS)}")
+        if variant not in ALA_VARIANTS:
+            raise ValueError(f"unknown ALA variant {variant!r}: use one of {', '.join(ALA_VARIANTS)}")
         self.s, self.variant = s, variant
         qf = ldam_margins(cls_num_list, max_m) if variant == 'df-ldam' else quantity_factor(cls_num_list, qf_norm)
         self.register_buffer('qf', qf, persistent=False)                 # float64; cast at use
@@ -212,9 +222,9 @@ class FocalLoss(CrossEntropyLoss):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.validate: _check_inputs(logits, target, self.num_classes)
         logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None].long()).squeeze(1)
-        fl = -(1 - logp.exp()) ** self.gamma * logp
-        w = self._weight(logits)
-        loss = fl.mean() if w is None else (fl * w[target]).sum() / w[target].sum()
+        focal = -(1 - logp.exp()) ** self.gamma * logp
+        weight = self._weight(logits)
+        loss = focal.mean() if weight is None else (focal * weight[target]).sum() / weight[target].sum()
         if self.validate: _check_values(loss)
         return loss
 

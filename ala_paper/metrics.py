@@ -55,8 +55,8 @@ def group_accuracy_by(per_class_acc, class_counts, attribute) -> dict:
     "`{value: group_accuracy(...)}` over the classes whose `attribute[c]` equals each value (e.g. 'easy'/'hard')."
     acc = torch.as_tensor([known(a, math.nan) for a in per_class_acc], dtype=torch.float64)
     out = {}
-    for v in dict.fromkeys(attribute):
-        keep = torch.tensor([a == v for a in attribute])
+    for value in dict.fromkeys(attribute):
+        keep = torch.tensor([a == value for a in attribute])
         sub = torch.where(keep, acc, torch.full_like(acc, float('nan')))
-        out[v] = group_accuracy(sub, class_counts)
+        out[value] = group_accuracy(sub, class_counts)
     return out

@@ -27,7 +27,7 @@ def exact_fp32():
     finally: matmul.allow_tf32 = tf32
 
 class CosineClassifier(nn.Module):
-    "Bias-free linear layer on L2-normalised features and class vectors: outputs cos θ in [-1, 1] (eq. 5), in float32."
+    "Bias-free linear layer on L2-normalised features and class vectors: cos θ in [-1, 1] (eq. 5), in float32."
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.in_features, self.num_classes = in_features, num_classes
@@ -66,12 +66,14 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 32, widths=(16, 32, 64)):
         super().__init__()
         if (depth - 2) % 6: raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 20, 32, 56, ...), got {depth}")
-        n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        blocks_per_stage = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
         blocks, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(n):
-                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1)); cin = w
+        for stage, width in enumerate(widths):
+            for j in range(blocks_per_stage):
+                blocks.append(BasicBlock(cin, width, 2 if (stage > 0 and j == 0) else 1))
+                cin = width
         self.blocks = nn.Sequential(*blocks)
         self.out_features = cin
         for m in self.modules():
@@ -100,7 +102,8 @@ class LTNet(nn.Module):
 def _make_backbone(arch: str):
     "The backbone for `arch` and its feature dimension."
     if arch in CIFAR_DEPTHS:
-        net = CifarResNet(CIFAR_DEPTHS[arch]); return net, net.out_features
+        net = CifarResNet(CIFAR_DEPTHS[arch])
+        return net, net.out_features
     import torchvision  # imported on demand: it takes seconds, and the CIFAR nets do not need it
     net = getattr(torchvision.models, arch)(weights=None)
     dim = net.fc.in_features
@@ -108,29 +111,30 @@ def _make_backbone(arch: str):
     return net, dim
 
 # %% ../nbs/01_models.ipynb #ca57a1c9
-def _clean_state_dict(sd: dict) -> dict:
+def _clean_state_dict(state_dict: dict) -> dict:
     "Unwrap a checkpoint dict, strip `module.`/`backbone.` prefixes and drop classifier (`fc.`/`head.`) keys."
-    for k in ('state_dict', 'model'):
-        if isinstance(sd.get(k), dict): sd = sd[k]
+    for wrapper in ('state_dict', 'model'):
+        if isinstance(state_dict.get(wrapper), dict): state_dict = state_dict[wrapper]
     out = {}
-    for k, v in sd.items():
-        for p in ('module.', 'backbone.', '_orig_mod.'):
-            if k.startswith(p): k = k[len(p):]
-        if not k.startswith(('fc.', 'head.')): out[k] = v
+    for key, value in state_dict.items():
+        for prefix in ('module.', 'backbone.', '_orig_mod.'):
+            if key.startswith(prefix): key = key[len(prefix):]
+        if not key.startswith(('fc.', 'head.')): out[key] = value
     return out
 
 def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str = 'state_dict'):
     "Load `state_dict` into `backbone`, raising a one-line ValueError on missing/unexpected keys or shape mismatches."
-    sd, own = _clean_state_dict(state_dict), backbone.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in sd if k not in own]
-    bad_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    cleaned, own = _clean_state_dict(state_dict), backbone.state_dict()
+    missing = [k for k in own if k not in cleaned and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in cleaned if k not in own]
+    bad_shape = [k for k in cleaned if k in own and cleaned[k].shape != own[k].shape]
     if missing or unexpected or bad_shape:
-        ex = lambda ks: ', '.join(ks[:3]) + (' ...' if len(ks) > 3 else '')
-        raise ValueError(f"pretrained weights {source} do not fit this backbone: {len(missing)} missing keys ({ex(missing)}), "
-                         f"{len(unexpected)} unexpected keys ({ex(unexpected)}), {len(bad_shape)} shape mismatches ({ex(bad_shape)}); "
+        sample_keys = lambda ks: ', '.join(ks[:3]) + (' ...' if len(ks) > 3 else '')
+        raise ValueError(f"pretrained weights {source} do not fit this backbone: "
+                         f"{len(missing)} missing keys ({sample_keys(missing)}), {len(unexpected)} unexpected keys "
+                         f"({sample_keys(unexpected)}), {len(bad_shape)} shape mismatches ({sample_keys(bad_shape)}); "
                          f"check that the file was saved from the same architecture")
-    backbone.load_state_dict(sd, strict=False)
+    backbone.load_state_dict(cleaned, strict=False)
     return backbone
 
 # %% ../nbs/01_models.ipynb #0166b56b
@@ -143,25 +147,28 @@ def imagenet_weights(arch: str, name: str = 'IMAGENET1K_V1'):
     return entries[name]
 
 def weights_file(weights) -> Path:
-    "Where torchvision keeps `weights` once downloaded: `$TORCH_HOME/hub/checkpoints/<file name of its URL>`."
+    "Where torchvision keeps `weights` once downloaded: `$TORCH_HOME/hub/checkpoints/<its URL's file name>`."
     return Path(torch.hub.get_dir()) / 'checkpoints' / Path(weights.url).name
 
 def _pretrained_state_dict(arch: str, pretrained, download: bool = False):
-    "The state_dict that `pretrained` names (torchvision ImageNet weights or a local file) and a description of its source."
+    "The state_dict `pretrained` names (torchvision ImageNet weights or a local file) and a description of its source."
     if pretrained is True or pretrained == 'imagenet': pretrained = 'IMAGENET1K_V1'
     if isinstance(pretrained, str) and pretrained.startswith('IMAGENET1K_'):
         if arch not in TORCHVISION_ARCHS:
-            raise ValueError(f"no ImageNet weights for {arch!r}: pass a local state_dict file as pretrained, or use one of {TORCHVISION_ARCHS}")
+            raise ValueError(f"no ImageNet weights for {arch!r}: pass a local state_dict file as pretrained, "
+                             f"or use one of {TORCHVISION_ARCHS}")
         weights = imagenet_weights(arch, pretrained)
         path = weights_file(weights)
         if not path.is_file() and not download:
-            raise FileNotFoundError(f"ImageNet weights for {arch} ({weights.name}) not found at {path}: put {weights.url} there "
-                                    f"(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it), pass download=True where "
-                                    f"there is internet, or pass pretrained=/path/to/state_dict.pth")
+            raise FileNotFoundError(f"ImageNet weights for {arch} ({weights.name}) not found at {path}: "
+                                    f"put {weights.url} there (or set TORCH_HOME to a folder whose hub/checkpoints/ "
+                                    f"holds it), pass download=True where there is internet, "
+                                    f"or pass pretrained=/path/to/state_dict.pth")
         return weights.get_state_dict(progress=False), f"torchvision {arch} {weights.name} ({path.name})"
     path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path} (pass an existing state_dict file, 'imagenet', or None)")
+        raise FileNotFoundError(f"pretrained weights file not found: {path} "
+                                f"(pass an existing state_dict file, 'imagenet', or None)")
     return torch.load(path, map_location='cpu', weights_only=True), str(path)
 
 # %% ../nbs/01_models.ipynb #0fd96c37

@@ -138,90 +138,94 @@ def _kind(f) -> str:
     "A field's declared type as written ('int', 'int | float', 'str | bool', ...)."
     return f.type if isinstance(f.type, str) else str(f.type).replace("<class '", '').replace("'>", '')
 
-def _coerce(f, v):
-    "`v` as the kind its field declares (int, float, bool, ...), or a one-line ValueError."
-    name, kind, (ok, what) = f.name, _kind(f), f.metadata['valid'] or (None, None)
-    bad = ValueError(f"{name} must be {what or 'a ' + kind.replace(' | ', ' or ')}, got {v!r}")
+def _coerce(param_field, value):
+    "`value` as the kind its field declares (int, float, bool, ...), or a one-line ValueError."
+    name, kind = param_field.name, _kind(param_field)
+    ok, what = param_field.metadata['valid'] or (None, None)
+    bad = ValueError(f"{name} must be {what or 'a ' + kind.replace(' | ', ' or ')}, got {value!r}")
     if kind == 'int':
-        if not _int_like(v): raise bad
-        v = int(v)
+        if not _int_like(value): raise bad
+        value = int(value)
     elif kind in ('float', 'int | float'):
-        if not _number(v): raise bad
-        v = int(v) if kind == 'int | float' and float(v).is_integer() else float(v)
+        if not _number(value): raise bad
+        value = int(value) if kind == 'int | float' and float(value).is_integer() else float(value)
     elif kind == 'bool':
-        if v not in (True, False):
-            allowed = 'True, False or None (automatic)' if f.default is None else 'True or False'
-            raise ValueError(f"{name} must be {allowed}, got {v!r}")
-    elif kind == 'list': v = _epochs_list(name, v)
-    elif kind == 'dict' and not isinstance(v, dict): raise ValueError(f"{name} must be a dict, got {v!r}")
-    elif kind == 'str' or (kind == 'str | bool' and not isinstance(v, bool)): v = str(v)
-    if ok is not None and not ok(v): raise bad
-    return v
+        if value not in (True, False):
+            allowed = 'True, False or None (automatic)' if param_field.default is None else 'True or False'
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    elif kind == 'list': value = _epochs_list(name, value)
+    elif kind == 'dict' and not isinstance(value, dict): raise ValueError(f"{name} must be a dict, got {value!r}")
+    elif kind == 'str' or (kind == 'str | bool' and not isinstance(value, bool)): value = str(value)
+    if ok is not None and not ok(value): raise bad
+    return value
 
-def _epochs_list(name, v):
-    if isinstance(v, str): v = v.replace(',', ' ').split()
-    try: return sorted(int(m) for m in v)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be a list of epoch numbers, got {v!r}") from None
+def _epochs_list(name, value):
+    if isinstance(value, str): value = value.replace(',', ' ').split()
+    try: return sorted(int(m) for m in value)
+    except (TypeError, ValueError): raise ValueError(f"{name} must be a list of epoch numbers, got {value!r}") from None
 
-def _validated(f, v):
-    "The value of parameter `f`, checked against its declaration: choices, kind, range. None stays None."
-    if v is None: return None
-    choices = f.metadata['choices']
-    if choices and v not in choices: raise ValueError(f"unknown {f.name} {v!r}; choose one of: {', '.join(choices)}")
-    return _coerce(f, v)
+def _validated(param_field, value):
+    "`value` checked against its parameter's declaration `param_field`: choices, kind, range. None stays None."
+    if value is None: return None
+    choices = param_field.metadata['choices']
+    if choices and value not in choices:
+        raise ValueError(f"unknown {param_field.name} {value!r}; choose one of: {', '.join(choices)}")
+    return _coerce(param_field, value)
 
 # %% ../nbs/04_train.ipynb #1a0e1a4b
 def resolve_params(**kw) -> dict:
     "Fill every `None` from the dataset preset and validate: one-line ValueErrors, nothing read or written."
     unknown = sorted(set(kw) - set(PARAM_NAMES))
     if unknown: raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join(PARAM_NAMES)}")
-    p = {**asdict(Params()), **kw}
-    p['amp'] = _AMP.get(p['amp'], p['amp'])
-    for name in ('dataset', 'loss'): p[name] = _validated(_FIELDS[name], p[name])
-    _fill_from_preset(p)
-    for f in fields(Params): p[f.name] = _validated(f, p[f.name])
-    _resolve_engine(p)
-    return p
+    params = {**asdict(Params()), **kw}
+    params['amp'] = _AMP.get(params['amp'], params['amp'])
+    for name in ('dataset', 'loss'): params[name] = _validated(_FIELDS[name], params[name])
+    _fill_from_preset(params)
+    for f in fields(Params): params[f.name] = _validated(f, params[f.name])
+    _resolve_engine(params)
+    return params
 
 _FIELDS = {f.name: f for f in fields(Params)}
 
-def _fill_from_preset(p):
-    preset = PRESETS[p['dataset']]
-    if p['drw_epoch'] is None and p['loss'] not in DRW_LOSSES: p['drw_epoch'] = -1
-    if p['workers'] is None: p['workers'] = min(preset['workers'], cpus_per_process())
-    if p['data_seed'] is None: p['data_seed'] = p['seed']   # a seed redraws the long-tailed subset too
-    if p['transform'] is None: p['transform'] = DEFAULT_TRANSFORM.get(p['dataset'], 'imagenet')
-    if p['backbone_lr'] is None: p['backbone_lr'] = preset['backbone_lr'] or p['lr'] or preset['lr']
+def _fill_from_preset(params):
+    preset = PRESETS[params['dataset']]
+    if params['drw_epoch'] is None and params['loss'] not in DRW_LOSSES: params['drw_epoch'] = -1
+    if params['workers'] is None: params['workers'] = min(preset['workers'], cpus_per_process())
+    if params['data_seed'] is None: params['data_seed'] = params['seed']   # a seed redraws the long-tailed subset
+    if params['transform'] is None: params['transform'] = DEFAULT_TRANSFORM.get(params['dataset'], 'imagenet')
+    if params['backbone_lr'] is None: params['backbone_lr'] = preset['backbone_lr'] or params['lr'] or preset['lr']
     for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'momentum',
               'warmup_epochs', 'milestones', 'gamma', 'scale', 'drw_beta'):
-        if p[k] is None: p[k] = preset[k]
-    if p['pretrained'] is None:
-        p['pretrained'] = preset['pretrained'] if p['arch'] in TORCHVISION_ARCHS else False
+        if params[k] is None: params[k] = preset[k]
+    if params['pretrained'] is None:
+        params['pretrained'] = preset['pretrained'] if params['arch'] in TORCHVISION_ARCHS else False
 
-def _resolve_engine(p):
+def _resolve_engine(params):
     "Device, precision, layout, paths: the choices that follow from the others."
-    named = p['pretrained'] in (False, True, 'imagenet') or str(p['pretrained']).startswith('IMAGENET1K_')
-    if not named and not Path(p['pretrained']).expanduser().is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {p['pretrained']} (pass an existing state_dict "
-                                f"file, 'imagenet', or False)")
-    if p['dataset'] not in ('cifar10-lt', 'cifar100-lt'): p['imbalance_ratio'] = None   # only CIFAR-LT's is a choice
-    if p['device'] is None and p['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
-        raise ValueError(f"{p['dataset']} trains {p['arch']}, which needs a GPU, but torch {torch.__version__} (built "
-                         f"for CUDA {torch.version.cuda}) sees none; check nvidia-smi (a driver older than that CUDA "
-                         f"hides the GPU), or pass device='cpu' to train on the CPU anyway (days)")
-    p['device'] = _resolve_device(p['device'])
-    if p['amp'] is None: p['amp'] = auto_amp() if p['device'] == 'cuda' else 'off'
-    if p['channels_last'] is None: p['channels_last'] = True   # faster on CUDA and, measured, on the CPU too
-    if p['decode_on_device'] and p['transform'] != 'imagenet':
+    named = params['pretrained'] in (False, True, 'imagenet') or str(params['pretrained']).startswith('IMAGENET1K_')
+    if not named and not Path(params['pretrained']).expanduser().is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {params['pretrained']} "
+                                f"(pass an existing state_dict file, 'imagenet', or False)")
+    if params['dataset'] not in ('cifar10-lt', 'cifar100-lt'):
+        params['imbalance_ratio'] = None   # only CIFAR-LT's is a choice
+    if params['device'] is None and params['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
+        raise ValueError(f"{params['dataset']} trains {params['arch']}, which needs a GPU, but torch "
+                         f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees none; check nvidia-smi "
+                         f"(a driver older than that CUDA hides the GPU), or pass device='cpu' to train on the CPU "
+                         f"anyway (days)")
+    params['device'] = _resolve_device(params['device'])
+    if params['amp'] is None: params['amp'] = auto_amp() if params['device'] == 'cuda' else 'off'
+    if params['channels_last'] is None: params['channels_last'] = True   # faster on CUDA and, measured, on the CPU too
+    if params['decode_on_device'] and params['transform'] != 'imagenet':
         raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or "
                          "decode_on_device=False")
-    p['loss_kw'] = dict(p['loss_kw'] or {})
-    p['cosine'] = p['loss'] in COSINE_LOSSES
-    out = Path(p['out_dir']).expanduser().resolve() if p['out_dir'] else project_root() / 'runs' / 'default'
-    p['out_dir'] = str(out)
-    if p['resume'] and not (Path(p['out_dir']) / CHECKPOINT).is_file():
-        raise ValueError(f"resume=True but there is no {CHECKPOINT} in {p['out_dir']}: run without resume first, or "
-                         f"point out_dir at the interrupted run")
+    params['loss_kw'] = dict(params['loss_kw'] or {})
+    params['cosine'] = params['loss'] in COSINE_LOSSES
+    out = Path(params['out_dir']).expanduser().resolve() if params['out_dir'] else project_root() / 'runs' / 'default'
+    params['out_dir'] = str(out)
+    if params['resume'] and not (Path(params['out_dir']) / CHECKPOINT).is_file():
+        raise ValueError(f"resume=True but there is no {CHECKPOINT} in {params['out_dir']}: "
+                         f"run without resume first, or point out_dir at the interrupted run")
 
 def auto_amp() -> str:
     "bf16 where the GPU computes it natively (compute capability 8.0+), else fp16 with a GradScaler."
@@ -235,14 +239,14 @@ def cpus_per_process() -> int:
 
 def _resolve_device(device):
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
-    try: d = torch.device(device)
+    try: parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or None (automatic)") from None
-    if d.type == 'cuda' and not torch.cuda.is_available():
+    if parsed.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or None")
-    if d.type not in ('cpu', 'cuda'):
+    if parsed.type not in ('cpu', 'cuda'):
         raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or None (automatic)")
-    return d.type
+    return parsed.type
 
 # %% ../nbs/04_train.ipynb #d4aeed07
 def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float) -> float:
@@ -267,16 +271,16 @@ class FactorMeter:
         self.counts = torch.zeros(3, dtype=torch.float64, device=device)
 
     def update(self, factors: dict, target):
-        g = self.group[target]
+        groups = self.group[target]
         vals = torch.stack([factors['df'], factors['qf'], factors['a']], 1).double()
-        self.sums.index_add_(0, g, vals)
-        self.counts.index_add_(0, g, torch.ones_like(g, dtype=torch.float64))
+        self.sums.index_add_(0, groups, vals)
+        self.counts.index_add_(0, groups, torch.ones_like(groups, dtype=torch.float64))
 
     def result(self) -> dict:
         "Means per group ({df, qf, a}) after reducing across processes; None for a group with no sample."
-        t = torch.cat([self.sums.flatten(), self.counts])
-        if dist.is_available() and dist.is_initialized(): dist.all_reduce(t)
-        sums, counts = t[:9].view(3, 3).cpu(), t[9:].cpu()
+        packed = torch.cat([self.sums.flatten(), self.counts])
+        if dist.is_available() and dist.is_initialized(): dist.all_reduce(packed)
+        sums, counts = packed[:9].view(3, 3).cpu(), packed[9:].cpu()
         return {g: (dict(zip(('df', 'qf', 'a'), (sums[i] / counts[i]).tolist())) if counts[i] > 0 else None)
                 for i, g in enumerate(SHOT_GROUPS)}
 
@@ -289,14 +293,14 @@ def get_rng_state() -> dict:
                            has_gauss=int(np_state[3]), cached=float(np_state[4])),
                 cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
 
-def set_rng_state(s: dict):
+def set_rng_state(state: dict):
     "Restore what `get_rng_state` captured."
-    random.setstate((s['python'][0], tuple(s['python'][1]), s['python'][2]))
-    torch.set_rng_state(s['torch'])
-    state = s['numpy']
-    key = state['key'].numpy().astype(np.uint32)
-    np.random.set_state(('MT19937', key, state['pos'], state['has_gauss'], state['cached']))
-    cuda = s.get('cuda')
+    random.setstate((state['python'][0], tuple(state['python'][1]), state['python'][2]))
+    torch.set_rng_state(state['torch'])
+    np_state = state['numpy']
+    key = np_state['key'].numpy().astype(np.uint32)
+    np.random.set_state(('MT19937', key, np_state['pos'], np_state['has_gauss'], np_state['cached']))
+    cuda = state.get('cuda')
     if isinstance(cuda, (list, tuple)): cuda = cuda[0] if cuda else None   # checkpoints before the one-device format
     if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own GPU
 
@@ -388,7 +392,7 @@ def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False,
 @dataclass
 class Run:
     "What a training run holds while it trains: made by `setup`, advanced by `train_one_epoch`, read by `evaluate`."
-    p: dict
+    params: dict
     data: object
     model: torch.nn.Module             # what the loop calls (compiled and/or DDP-wrapped)
     raw: torch.nn.Module               # the plain model, whose state_dict goes to the checkpoint
@@ -406,33 +410,35 @@ class Run:
     start: int = 0                     # epochs already done (when resuming)
 
     @property
-    def out(self) -> Path: return Path(self.p['out_dir'])
+    def out(self) -> Path: return Path(self.params['out_dir'])
 
-def setup(p, data, crit, model, ck=None, dev=torch.device('cpu'), rank=0, world=1) -> Run:
-    "Model on `dev`, optimiser (backbone, head), batches, schedule, scaler; restored from `ck`; wrapped for DDP."
-    if p['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not p['deterministic']
+def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), rank=0, world=1) -> Run:
+    "Model on `dev`, optimiser (backbone, head), batches, schedule, scaler; restored from `checkpoint`; DDP-wrapped."
+    if params['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not params['deterministic']
     model = model.to(dev)
-    if p['channels_last']: model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=p['backbone_lr']),
+    if params['channels_last']: model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
                            dict(params=model.head.parameters())],
-                          lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=p['seed'])
-    micro = p['batch_size'] // (world * p['grad_accum'])
-    batches = make_batches(data.train, micro, sampler, p['workers'], dev, drop_last=True, seed=p['seed'], rank=rank,
-                           decode_on_device=p['decode_on_device'])
-    steps = len(batches) // p['grad_accum']
+                          lr=params['lr'], momentum=params['momentum'], weight_decay=params['weight_decay'])
+    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=params['seed'])
+    micro = params['batch_size'] // (world * params['grad_accum'])
+    batches = make_batches(data.train, micro, sampler, params['workers'], dev, drop_last=True, seed=params['seed'],
+                           rank=rank, decode_on_device=params['decode_on_device'])
+    steps = len(batches) // params['grad_accum']
     if steps == 0:
-        raise ValueError(f"{len(data.train)} training images make no full batch of {p['batch_size']}: lower batch_size")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, steps_per_epoch=steps, milestones=p['milestones'],
-                                                           warmup_epochs=p['warmup_epochs'], gamma=p['gamma']))
-    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(p['amp']) if dev.type == 'cuda' else None
+        raise ValueError(f"{len(data.train)} training images make no full batch of {params['batch_size']}: "
+                         f"lower batch_size")
+    factor = partial(lr_factor, steps_per_epoch=steps, milestones=params['milestones'],
+                     warmup_epochs=params['warmup_epochs'], gamma=params['gamma'])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(params['amp']) if dev.type == 'cuda' else None
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    run = Run(p, data, model, model, crit.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
+    run = Run(params, data, model, model, crit.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
               base_weight=crit.weight)
-    _log(p, rank, run_banner(run))
-    if ck is not None: restore(run, ck)
-    if p['compile']: run.model = torch.compile(run.model)
+    _log(params, rank, run_banner(run))
+    if checkpoint is not None: restore(run, checkpoint)
+    if params['compile']: run.model = torch.compile(run.model)
     if world > 1:
         ids = [dev.index] if dev.type == 'cuda' else None
         run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
@@ -440,67 +446,71 @@ def setup(p, data, crit, model, ck=None, dev=torch.device('cpu'), rank=0, world=
 
 def run_banner(run: Run) -> str:
     "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
-    p, dev = run.p, run.dev
+    params, dev = run.params, run.dev
     where = (f"cuda:{dev.index} {torch.cuda.get_device_name(dev)}" if dev.type == 'cuda'
              else f"cpu ({torch.get_num_threads()} threads)")
-    feed = 'images in memory' if isinstance(run.batches, ArrayBatches) else f"{p['workers']} loader workers per process"
-    micro = p['batch_size'] // (run.world * p['grad_accum'])
-    split = f"batch {micro * p['grad_accum']} per process"
-    if p['grad_accum'] > 1: split += f" in {p['grad_accum']} micro-batches of {micro}"
-    return (f"{p['dataset']} {p['loss']} {p['arch']} on {where} | amp {p['amp']} | {run.world} process"
-            f"{'es' if run.world > 1 else ''} | {split} ({p['batch_size']} in all) | {feed} | "
-            f"{len(run.batches) // p['grad_accum']} steps per epoch")
+    if isinstance(run.batches, ArrayBatches): feed = 'images in memory'
+    else: feed = f"{params['workers']} loader workers per process"
+    micro = params['batch_size'] // (run.world * params['grad_accum'])
+    split = f"batch {micro * params['grad_accum']} per process"
+    if params['grad_accum'] > 1: split += f" in {params['grad_accum']} micro-batches of {micro}"
+    return (f"{params['dataset']} {params['loss']} {params['arch']} on {where} | amp {params['amp']} | "
+            f"{run.world} process{'es' if run.world > 1 else ''} | {split} ({params['batch_size']} in all) | {feed} | "
+            f"{len(run.batches) // params['grad_accum']} steps per epoch")
 
 # %% ../nbs/04_train.ipynb #d1e79894
-def _load_checkpoint(p):
-    ck = torch.load(Path(p['out_dir']) / CHECKPOINT, map_location='cpu', weights_only=True)
+def _load_checkpoint(params):
+    checkpoint = torch.load(Path(params['out_dir']) / CHECKPOINT, map_location='cpu', weights_only=True)
+    saved = checkpoint['params']
     for f in fields(Params):
-        k = f.name
-        if f.metadata['resume'] and k in ck['params'] and ck['params'][k] != p[k]:
-            raise ValueError(f"the checkpoint in {p['out_dir']} was made with {k}={ck['params'][k]!r}, not {p[k]!r}: "
-                             f"resume with the same parameters or use another out_dir")
-    if int(ck['epoch']) > p['epochs']:
-        raise ValueError(f"the checkpoint in {p['out_dir']} is after epoch {ck['epoch']}, beyond epochs={p['epochs']}: "
-                         f"resume with epochs >= {ck['epoch']} or use another out_dir")
-    return ck
+        name = f.name
+        if f.metadata['resume'] and name in saved and saved[name] != params[name]:
+            raise ValueError(f"the checkpoint in {params['out_dir']} was made with {name}={saved[name]!r}, "
+                             f"not {params[name]!r}: resume with the same parameters or use another out_dir")
+    if int(checkpoint['epoch']) > params['epochs']:
+        raise ValueError(f"the checkpoint in {params['out_dir']} is after epoch {checkpoint['epoch']}, "
+                         f"beyond epochs={params['epochs']}: "
+                         f"resume with epochs >= {checkpoint['epoch']} or use another out_dir")
+    return checkpoint
 
-def restore(run: Run, ck: dict):
-    "Continue from checkpoint `ck`: weights, optimiser, schedule, scaler, history, and this process's RNG states."
-    run.raw.load_state_dict(ck['model'])
-    run.opt.load_state_dict(ck['optimizer'])
-    run.sched.load_state_dict(ck['scheduler'])
-    if run.scaler is not None and ck.get('scaler'): run.scaler.load_state_dict(ck['scaler'])
-    run.history, run.start = list(ck['history']), int(ck['epoch'])
-    rngs = ck['rng']
+def restore(run: Run, checkpoint: dict):
+    "Continue from `checkpoint`: weights, optimiser, schedule, scaler, history, and this process's RNG states."
+    run.raw.load_state_dict(checkpoint['model'])
+    run.opt.load_state_dict(checkpoint['optimizer'])
+    run.sched.load_state_dict(checkpoint['scheduler'])
+    if run.scaler is not None and checkpoint.get('scaler'): run.scaler.load_state_dict(checkpoint['scaler'])
+    run.history, run.start = list(checkpoint['history']), int(checkpoint['epoch'])
+    rngs = checkpoint['rng']
     set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0])
-    _log(run.p, run.rank, f"resuming {run.p['out_dir']} after epoch {run.start}/{run.p['epochs']}")
+    _log(run.params, run.rank, f"resuming {run.params['out_dir']} after epoch {run.start}/{run.params['epochs']}")
     if len(rngs) != run.world:
-        _log(run.p, run.rank, f"note: checkpointed with {len(rngs)} processes, resumed with {run.world}: training "
-                              f"continues, but the batch split and order differ from an uninterrupted run (exact "
-                              f"resume needs the same number of processes)")
+        _log(run.params, run.rank, f"note: checkpointed with {len(rngs)} processes, resumed with {run.world}: "
+                                   f"training continues, but the batch split and order differ from an uninterrupted "
+                                   f"run (exact resume needs the same number of processes)")
 
 def save_checkpoint(run: Run, epoch: int):
     "After `epoch`: everything `restore` needs, written by rank 0 atomically (RNG states gathered from every process)."
     rngs = _all_gather(get_rng_state())
     if run.rank != 0: return
-    atomic_save(dict(epoch=epoch + 1, params=run.p, model=run.raw.state_dict(), optimizer=run.opt.state_dict(),
+    atomic_save(dict(epoch=epoch + 1, params=run.params, model=run.raw.state_dict(), optimizer=run.opt.state_dict(),
                      scheduler=run.sched.state_dict(), rng=rngs, history=run.history,
                      scaler=run.scaler.state_dict() if run.scaler is not None else None), run.out / CHECKPOINT)
 
-def _loss_kw(p):
+def _loss_kw(params):
     "make_loss options: s for cosine losses; the per-step input checks (a host sync each) only on the CPU."
-    return {**({'s': p['scale']} if p['cosine'] else {}), 'validate': p['device'] == 'cpu', **p['loss_kw']}
+    scale_kw = {'s': params['scale']} if params['cosine'] else {}
+    return {**scale_kw, 'validate': params['device'] == 'cpu', **params['loss_kw']}
 
-def _env(p, world):
+def _env(params, world):
     import torchvision
     return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                numpy=np.__version__, platform=platform.platform(), device=p['device'],
-                device_name=(torch.cuda.get_device_name() if p['device'] == 'cuda'
+                numpy=np.__version__, platform=platform.platform(), device=params['device'],
+                device_name=(torch.cuda.get_device_name() if params['device'] == 'cuda'
                              else platform.processor() or platform.machine()),
-                threads=torch.get_num_threads(), world_size=world, amp=p['amp'], git_commit=git_commit())
+                threads=torch.get_num_threads(), world_size=world, amp=params['amp'], git_commit=git_commit())
 
-def _log(p, rank, msg):
-    if p['verbose'] and rank == 0: print(msg, flush=True)
+def _log(params, rank, msg):
+    if params['verbose'] and rank == 0: print(msg, flush=True)
 
 # %% ../nbs/04_train.ipynb #0f673c59
 def weight_total(weight, targets: list):
@@ -518,8 +528,8 @@ def batch_share(loss, weight, target, total, parts: int, world: int):
 def _autocast(amp_dtype):
     return torch.autocast(device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext()
 
-def _step(run: Run, group: list, prep, tot, meter=None):
-    "One optimiser step over the micro-batches `group` = [(images, labels), ...]; adds to the epoch's sums `tot`."
+def _step(run: Run, group: list, prep, sums, meter=None):
+    "One optimiser step over the micro-batches `group` = [(images, labels), ...]; adds to the epoch's `sums`."
     weight, parts = run.crit.weight, len(group)
     total = weight_total(weight, [y for _, y in group]) if weight is not None and parts * run.world > 1 else None
     run.opt.zero_grad(set_to_none=True)
@@ -532,7 +542,7 @@ def _step(run: Run, group: list, prep, tot, meter=None):
             loss = run.crit(out.float(), y)
             share = batch_share(loss, weight, y, total, parts, run.world)
             (run.scaler.scale(share) if run.scaler is not None else share).backward()
-        _tally(tot, meter, run.crit, out, y, loss)
+        _tally(sums, meter, run.crit, out, y, loss)
     if run.scaler is not None:
         run.scaler.step(run.opt)
         run.scaler.update()
@@ -541,68 +551,69 @@ def _step(run: Run, group: list, prep, tot, meter=None):
     return loss
 
 @torch.no_grad()
-def _tally(tot, meter, crit, out, y, loss):
+def _tally(sums, meter, crit, out, y, loss):
     "Loss, correct and image sums on the device (no host sync), and the DF/QF/A sums of Figure 4."
     out = out.detach().float()
-    tot[0] += loss.detach().double() * len(y)
-    tot[1] += (out.argmax(1) == y).sum()
-    tot[2] += len(y)
+    sums[0] += loss.detach().double() * len(y)
+    sums[1] += (out.argmax(1) == y).sum()
+    sums[2] += len(y)
     if meter is not None: meter.update(crit.factors(out, y), y)
 
 # %% ../nbs/04_train.ipynb #cdd59a3c
 def train_one_epoch(run: Run, epoch: int, bar=None) -> dict:
     "Epoch `epoch` (0-based): data order, DRW weights, augmentation seeds, the steps; returns its `history` record."
-    p = run.p
+    params = run.params
     run.batches.set_epoch(epoch)
-    aug = torch.Generator(run.dev).manual_seed(seed_of(p['seed'], epoch, run.rank))
-    prep = partial(run.data.pipeline.train_batch, generator=aug, channels_last=p['channels_last'])
-    weight = drw_weight(epoch, p['drw_epoch'], run.data.class_counts, p['drw_beta'])
+    aug = torch.Generator(run.dev).manual_seed(seed_of(params['seed'], epoch, run.rank))
+    prep = partial(run.data.pipeline.train_batch, generator=aug, channels_last=params['channels_last'])
+    weight = drw_weight(epoch, params['drw_epoch'], run.data.class_counts, params['drw_beta'])
     run.crit.weight = run.base_weight if weight is None else weight.to(run.dev)   # the loss's own weights until DRW
     meter = FactorMeter(run.data.class_counts, run.dev) if hasattr(run.crit, 'factors') else None
     lr = run.opt.param_groups[-1]['lr']   # the base rate (the head's group)
     run.model.train()
-    tot = torch.zeros(3, dtype=torch.float64, device=run.dev)
+    sums = torch.zeros(3, dtype=torch.float64, device=run.dev)
     group, steps = [], 0
     for x, y in run.batches:
         group.append((x, y))
-        if len(group) < p['grad_accum']: continue
-        loss = _step(run, group, prep, tot, meter)
+        if len(group) < params['grad_accum']: continue
+        loss = _step(run, group, prep, sums, meter)
         if bar is not None:
             bar.update(sum(len(labels) for _, labels in group))
             if steps % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)   # a host sync: not always
         group, steps = [], steps + 1
-    loss_sum, correct, n = _all_reduce(tot).tolist()
+    loss_sum, correct, num_images = _all_reduce(sums).tolist()
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"the training loss became {loss_sum} in epoch {epoch + 1}: lower lr, or use "
                                  f"amp='bf16'/'off' (the last good checkpoint is in {run.out})")
-    rec = dict(epoch=epoch + 1, lr=lr, loss=loss_sum / n, train_acc=100 * correct / n, drw=weight is not None,
-               images=int(n))
+    rec = dict(epoch=epoch + 1, lr=lr, loss=loss_sum / num_images, train_acc=100 * correct / num_images,
+               drw=weight is not None, images=int(num_images))
     if meter is not None: rec['factors'] = meter.result()
     return rec
 
 def run_epochs(run: Run):
     "Every epoch not done yet: train it, checkpoint it, log it."
-    p = run.p
-    bars = bool(p['progress'] if p['progress'] is not None else sys.stderr.isatty()) and run.rank == 0
-    per_epoch = len(run.batches) // p['grad_accum'] * p['batch_size']
-    ebar = tqdm(total=p['epochs'], initial=run.start, desc='epochs', unit='epoch', disable=not bars, dynamic_ncols=True)
-    for epoch in range(run.start, p['epochs']):
-        t0 = time.time()
-        with tqdm(total=per_epoch, desc=f'epoch {epoch + 1}/{p["epochs"]}', unit='img', unit_scale=True, leave=False,
-                  disable=not bars, dynamic_ncols=True) as bar:
+    params = run.params
+    bars = bool(params['progress'] if params['progress'] is not None else sys.stderr.isatty()) and run.rank == 0
+    per_epoch = len(run.batches) // params['grad_accum'] * params['batch_size']
+    epoch_bar = tqdm(total=params['epochs'], initial=run.start, desc='epochs', unit='epoch', disable=not bars,
+                     dynamic_ncols=True)
+    for epoch in range(run.start, params['epochs']):
+        started = time.time()
+        with tqdm(total=per_epoch, desc=f'epoch {epoch + 1}/{params["epochs"]}', unit='img', unit_scale=True,
+                  leave=False, disable=not bars, dynamic_ncols=True) as bar:
             rec = train_one_epoch(run, epoch, bar if bars else None)
-        rec['seconds'] = time.time() - t0
+        rec['seconds'] = time.time() - started
         run.history.append(rec)
         save_checkpoint(run, epoch)
-        rec['seconds'] = time.time() - t0   # including the checkpoint
-        ebar.update(1)
-        ebar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
+        rec['seconds'] = time.time() - started   # including the checkpoint
+        epoch_bar.update(1)
+        epoch_bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
         if not bars:
-            _log(p, run.rank, f"epoch {epoch + 1}/{p['epochs']}  lr {rec['lr']:.4g}  loss {rec['loss']:.4f}  train acc "
-                              f"{rec['train_acc']:.1f}%  {rec['images'] / rec['seconds']:.0f} img/s  "
-                              f"{rec['seconds']:.1f}s"
-                              + ('  [DRW]' if rec['drw'] else ''))
-    ebar.close()
+            _log(params, run.rank, f"epoch {epoch + 1}/{params['epochs']}  lr {rec['lr']:.4g}  loss {rec['loss']:.4f}  "
+                                   f"train acc {rec['train_acc']:.1f}%  {rec['images'] / rec['seconds']:.0f} img/s  "
+                                   f"{rec['seconds']:.1f}s"
+                                   + ('  [DRW]' if rec['drw'] else ''))
+    epoch_bar.close()
 
 # %% ../nbs/04_train.ipynb #8c4d85fd
 @torch.no_grad()
@@ -616,11 +627,11 @@ def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_cl
         with _autocast(amp_dtype): outs.append(model(prep(x)).float().cpu())
     return idx, torch.cat(outs) if outs else torch.zeros(0, num_classes)
 
-def save_logits(path, idx, logits, n, rank=0, world=1):
-    "Each process writes its rows `idx` of one `[n, C]` float16 .npy (a memory map by rank 0): nothing is gathered."
+def save_logits(path, idx, logits, num_rows, rank=0, world=1):
+    "Each process writes its rows `idx` of one `[num_rows, C]` float16 .npy (created by rank 0): nothing is gathered."
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
-    if rank == 0: np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float16, shape=(n, logits.shape[1])).flush()
+    if rank == 0: np.lib.format.open_memmap(tmp, mode='w+', dtype=np.float16, shape=(num_rows, logits.shape[1])).flush()
     if world > 1: dist.barrier()
     rows = np.lib.format.open_memmap(tmp, mode='r+')
     rows[idx] = logits.half().numpy()
@@ -631,13 +642,14 @@ def save_logits(path, idx, logits, n, rank=0, world=1):
 
 def evaluate(run: Run) -> dict | None:
     "Test predictions, also post-hoc logit-adjusted (PC Softmax); writes test_logits.npy; rank 0 gets them all."
-    p, data, world = run.p, run.data, run.world
+    params, data, world = run.params, run.data, run.world
     if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
         for b in run.raw.buffers(): dist.broadcast(b, 0)
-    scale = p['scale'] if p['cosine'] else 1.0
-    prep = partial(data.pipeline.test_batch, channels_last=p['channels_last'])
-    idx, outs = predict(run.raw, data.test, prep, max(p['batch_size'] // world, 1) * 2, p['workers'], run.dev,
-                        run.amp_dtype, data.num_classes, p['decode_on_device'])
+    scale = params['scale'] if params['cosine'] else 1.0
+    prep = partial(data.pipeline.test_batch, channels_last=params['channels_last'])
+    batch_size = max(params['batch_size'] // world, 1) * 2
+    idx, outs = predict(run.raw, data.test, prep, batch_size, params['workers'], run.dev, run.amp_dtype,
+                        data.num_classes, params['decode_on_device'])
     logits, targets = scale * outs, torch.as_tensor(data.test.targets)[idx]
     save_logits(run.out / 'test_logits.npy', idx, logits, len(data.test), run.rank, world)
     adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)
@@ -647,73 +659,77 @@ def evaluate(run: Run) -> dict | None:
     gathered = lambda k: torch.cat([part[k] for part in parts])[order]
     return dict(preds=gathered(1), targets=gathered(2), probs=gathered(3), adjusted_preds=gathered(4), scale=scale)
 
-def write_results(run: Run, ev: dict, t_start: float) -> dict:
+def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
     "results.json (rank 0, atomically): the contract of DESIGN.md, the post-hoc adjusted accuracies, the logits file."
-    p, data = run.p, run.data
-    acc = per_class_accuracy(ev['preds'], ev['targets'], data.num_classes)
-    adj = per_class_accuracy(ev['adjusted_preds'], ev['targets'], data.num_classes)
+    params, data = run.params, run.data
+    acc = per_class_accuracy(evaluation['preds'], evaluation['targets'], data.num_classes)
+    adjusted_acc = per_class_accuracy(evaluation['adjusted_preds'], evaluation['targets'], data.num_classes)
     train_seconds = sum(h['seconds'] for h in run.history)
-    res = dict(params=p, dataset=data.name, loss=p['loss'], class_counts=list(map(int, data.class_counts)),
-               class_names=list(data.class_names), meta=data.meta,
-               per_class_acc=[known(a) for a in acc.tolist()], top1=group_accuracy(acc, data.class_counts),
-               history=run.history,
-               posthoc_logit_adjust=dict(tau=1.0, per_class_acc=[known(a) for a in adj.tolist()],
-                                         top1=group_accuracy(adj, data.class_counts)),
-               test_logits=dict(file='test_logits.npy', dtype='float16', scaled_by=ev['scale']),
-               test_targets=ev['targets'].tolist(), true_class_prob=[round(v, 4) for v in ev['probs'].tolist()],
-               seconds=time.time() - t_start, train_seconds=train_seconds,
-               images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
-               env=_env(p, run.world))
-    atomic_write_json(res, run.out / RESULTS)
+    results = dict(params=params, dataset=data.name, loss=params['loss'],
+                   class_counts=list(map(int, data.class_counts)), class_names=list(data.class_names), meta=data.meta,
+                   per_class_acc=[known(a) for a in acc.tolist()], top1=group_accuracy(acc, data.class_counts),
+                   history=run.history,
+                   posthoc_logit_adjust=dict(tau=1.0, per_class_acc=[known(a) for a in adjusted_acc.tolist()],
+                                             top1=group_accuracy(adjusted_acc, data.class_counts)),
+                   test_logits=dict(file='test_logits.npy', dtype='float16', scaled_by=evaluation['scale']),
+                   test_targets=evaluation['targets'].tolist(),
+                   true_class_prob=[round(v, 4) for v in evaluation['probs'].tolist()],
+                   seconds=time.time() - t_start, train_seconds=train_seconds,
+                   images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
+                   env=_env(params, run.world))
+    atomic_write_json(results, run.out / RESULTS)
     show = lambda v: '-' if v is None else f'{v:.1f}'
-    t = res['top1']
-    _log(p, run.rank, f"top-1 all {show(t['all'])}  many {show(t['many'])}  medium {show(t['medium'])}  "
-                      f"few {show(t['few'])}  -> {run.out / RESULTS}")
-    return res
+    top1 = results['top1']
+    _log(params, run.rank, f"top-1 all {show(top1['all'])}  many {show(top1['many'])}  "
+                           f"medium {show(top1['medium'])}  few {show(top1['few'])}  -> {run.out / RESULTS}")
+    return results
 
 # %% ../nbs/04_train.ipynb #1d430c51
-def train(**params) -> dict:
+def train(**kwargs) -> dict:
     "Train with `params` (the fields of `Params`; None: the preset's); writes out_dir/results.json and returns it."
     t_start = time.time()
-    if params.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
-    p = resolve_params(**params)
+    if kwargs.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
+    params = resolve_params(**kwargs)
     rank, world, local_rank = dist_env()
-    if p['batch_size'] % (world * p['grad_accum']):
-        raise ValueError(f"batch_size {p['batch_size']} does not divide over {world} process(es) x {p['grad_accum']} "
-                         f"micro-batch(es): use a multiple of {world * p['grad_accum']} (it is the global batch)")
-    ck = _load_checkpoint(p) if p['resume'] else None
-    data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
-                        transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'],
-                        download=p['download'], in_memory=p['in_memory'])
-    p['world_size'] = world
-    try: crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
-    except TypeError as e: raise ValueError(f"loss_kw {p['loss_kw']} does not fit loss {p['loss']!r}: {e}") from None
-    dev = torch.device(f'cuda:{local_rank}' if p['device'] == 'cuda' else 'cpu')
+    if params['batch_size'] % (world * params['grad_accum']):
+        raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
+                         f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "
+                         f"(it is the global batch)")
+    checkpoint = _load_checkpoint(params) if params['resume'] else None
+    data = load_dataset(params['dataset'], params['data_root'], train_list=params['train_list'],
+                        test_list=params['test_list'], transform=params['transform'],
+                        imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'],
+                        download=params['download'], in_memory=params['in_memory'])
+    params['world_size'] = world
+    try: crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
+    except TypeError as e:
+        raise ValueError(f"loss_kw {params['loss_kw']} does not fit loss {params['loss']!r}: {e}") from None
+    dev = torch.device(f'cuda:{local_rank}' if params['device'] == 'cuda' else 'cpu')
     if dev.type == 'cuda': torch.cuda.set_device(dev)                   # before NCCL starts: one GPU per process
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', device_id=dev if dev.type == 'cuda' else None)
     try:
-        run = setup(p, data, crit, _build_model(p, data, rank, world), ck, dev, rank, world)
+        run = setup(params, data, crit, _build_model(params, data, rank, world), checkpoint, dev, rank, world)
         _prepare_out_dir(run)
         run_epochs(run)
-        ev = evaluate(run)
-        res = write_results(run, ev, t_start) if rank == 0 else None
+        evaluation = evaluate(run)
+        results = write_results(run, evaluation, t_start) if rank == 0 else None
     except Exception as e:   # no destroy_process_group here: the other processes may be waiting in a collective
         if 'Original Traceback' in str(e):   # a DataLoader worker's error: its own message, in one line
             raise (ValueError if isinstance(e, ValueError) else RuntimeError)(error_line(e)) from None
         raise
     if own_group: dist.destroy_process_group()
-    return res
+    return results
 
-def _build_model(p, data, rank, world):
+def _build_model(params, data, rank, world):
     "Seeded initialisation; rank 0 reads (or downloads) pretrained weights before the other processes."
-    random.seed(p['seed'])
-    np.random.seed(p['seed'])
-    torch.manual_seed(p['seed'])
+    random.seed(params['seed'])
+    np.random.seed(params['seed'])
+    torch.manual_seed(params['seed'])
     if rank > 0: dist.barrier()
-    model = build_model(p['arch'], data.num_classes, cosine=p['cosine'], pretrained=p['pretrained'],
-                        download=p['download'])
+    model = build_model(params['arch'], data.num_classes, cosine=params['cosine'], pretrained=params['pretrained'],
+                        download=params['download'])
     if rank == 0 and world > 1: dist.barrier()
     return model
 
@@ -721,7 +737,7 @@ def _prepare_out_dir(run: Run):
     "Rank 0 makes out_dir; a fresh (not resumed) run removes an older run's results.json there."
     if run.rank != 0: return
     run.out.mkdir(parents=True, exist_ok=True)
-    if not run.p['resume'] and (run.out / RESULTS).exists(): (run.out / RESULTS).unlink()
+    if not run.params['resume'] and (run.out / RESULTS).exists(): (run.out / RESULTS).unlink()
 
 def error_line(e: BaseException) -> str:
     "The one line a user needs from `e`; for an error from a DataLoader worker, the worker's original message."
@@ -740,27 +756,28 @@ class _Parser(argparse.ArgumentParser):
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
-def _opt_bool(v):
+def _opt_bool(value):
     "A command-line boolean: true/false/yes/no/on/off/1/0, none; anything else (a path, a name) as it is."
-    s = str(v).lower()
-    if s in ('none', ''): return None
-    if s in ('false', 'no', 'off', '0'): return False
-    if s in ('true', 'yes', 'on', '1'): return True
-    return v
+    text = str(value).lower()
+    if text in ('none', ''): return None
+    if text in ('false', 'no', 'off', '0'): return False
+    if text in ('true', 'yes', 'on', '1'): return True
+    return value
 
 _CLI_TYPE = {'int': int, 'float': float, 'int | float': float, 'str': str, 'list': str, 'dict': json.loads,
              'bool': _opt_bool, 'str | bool': _opt_bool}
 
 def cli_parser() -> argparse.ArgumentParser:
     "The parser of `python -m ala_paper.train`, one option per field of `Params`."
-    ap = _Parser(prog='python -m ala_paper.train', description=train.__doc__)
+    parser = _Parser(prog='python -m ala_paper.train', description=train.__doc__)
     for f in fields(Params):
         names = [f'--{f.name}'] + ([f"--{f.name.replace('_', '-')}"] if '_' in f.name else [])
         kind = _kind(f)
         extra = dict(nargs='?', const=True) if kind == 'bool' else {}
-        ap.add_argument(*names, dest=f.name, type=_CLI_TYPE[kind], default=f.default, help=f.metadata['help'], **extra)
-    ap.add_argument('--quiet', dest='verbose', action='store_false', help='no per-epoch lines (= --verbose false)')
-    return ap
+        parser.add_argument(*names, dest=f.name, type=_CLI_TYPE[kind], default=f.default, help=f.metadata['help'],
+                            **extra)
+    parser.add_argument('--quiet', dest='verbose', action='store_false', help='no per-epoch lines (= --verbose false)')
+    return parser
 
 def main(argv=None):
     "Entry point of `python -m ala_paper.train` / `ala-train` / torchrun."
@@ -784,19 +801,20 @@ if __name__ == '__main__': main()
 def cli_args(**kw) -> list:
     "Command-line options of `python -m ala_paper.train` for the `train()` keyword arguments `kw` (None: left out)."
     args = []
-    for k, v in kw.items():
-        if k not in _FIELDS: raise ValueError(f"unknown parameter {k!r}; valid parameters: {', '.join(PARAM_NAMES)}")
-        if v is None: continue
-        if isinstance(v, (list, tuple)): v = ','.join(map(str, v))
-        elif isinstance(v, dict): v = json.dumps(v)
-        args += [f'--{k}', str(v)]
+    for name, value in kw.items():
+        if name not in _FIELDS:
+            raise ValueError(f"unknown parameter {name!r}; valid parameters: {', '.join(PARAM_NAMES)}")
+        if value is None: continue
+        if isinstance(value, (list, tuple)): value = ','.join(map(str, value))
+        elif isinstance(value, dict): value = json.dumps(value)
+        args += [f'--{name}', str(value)]
     return args
 
 def run_torchrun(nproc: int, **kw) -> dict:
     "Run `train(**kw)` in `nproc` processes under torchrun (DDP); return the results rank 0 wrote."
     if not _int_like(nproc) or nproc < 1: raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}")
-    p = resolve_params(**kw)                      # the same errors as train(), before any process starts
-    kw['out_dir'] = p['out_dir']
+    params = resolve_params(**kw)                      # the same errors as train(), before any process starts
+    kw['out_dir'] = params['out_dir']
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m',
            'ala_paper.train', *cli_args(**kw)]
     errors, last = [], ''
@@ -808,57 +826,60 @@ def run_torchrun(nproc: int, **kw) -> dict:
     if proc.returncode != 0:
         if errors: raise ValueError(errors[0])
         raise RuntimeError(f"torchrun failed with status {proc.returncode}: {last}")
-    return json.loads((Path(p['out_dir']) / RESULTS).read_text())
+    return json.loads((Path(params['out_dir']) / RESULTS).read_text())
 
 # %% ../nbs/04_train.ipynb #c5204d53
-def _bare_loop(p, data, epochs):
+def _bare_loop(params, data, epochs):
     "Images/s of a hand-written loop over the in-memory uint8 images (batch crop + flip, channels_last)."
-    torch.manual_seed(p['seed'])
-    model = build_model(p['arch'], data.num_classes, cosine=p['cosine']).to(memory_format=torch.channels_last)
-    crit = make_loss(p['loss'], data.class_counts, **_loss_kw(p))
-    groups = [dict(params=model.backbone.parameters(), lr=p['backbone_lr']), dict(params=model.head.parameters())]
-    opt = torch.optim.SGD(groups, lr=p['lr'], momentum=p['momentum'], weight_decay=p['weight_decay'])
+    torch.manual_seed(params['seed'])
+    model = build_model(params['arch'], data.num_classes, cosine=params['cosine'])
+    model = model.to(memory_format=torch.channels_last)
+    crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
+    groups = [dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
+              dict(params=model.head.parameters())]
+    opt = torch.optim.SGD(groups, lr=params['lr'], momentum=params['momentum'], weight_decay=params['weight_decay'])
     images = torch.from_numpy(data.train.data).permute(0, 3, 1, 2)          # uint8 [N, 3, H, W]
-    labels, bs, pad = torch.from_numpy(data.train.targets), p['batch_size'], data.pipeline.train_batch.pad
+    labels, batch_size, pad = torch.from_numpy(data.train.targets), params['batch_size'], data.pipeline.train_batch.pad
     norm = data.pipeline.train_batch
     size = images.shape[-1]
     model.train()
     seen, start = 0, time.perf_counter()
     for _ in range(epochs):
         perm = torch.randperm(len(labels))
-        for k in range(len(labels) // bs):
-            idx = perm[k * bs:(k + 1) * bs]
+        for k in range(len(labels) // batch_size):
+            idx = perm[k * batch_size:(k + 1) * batch_size]
             padded = F.pad(images[idx], (pad, pad, pad, pad))
-            top, left = torch.randint(0, 2 * pad + 1, (2, bs)).tolist()
-            x = torch.stack([padded[b, :, top[b]:top[b] + size, left[b]:left[b] + size] for b in range(bs)])
-            mirror = torch.rand(bs) < 0.5
+            top, left = torch.randint(0, 2 * pad + 1, (2, batch_size)).tolist()
+            x = torch.stack([padded[b, :, top[b]:top[b] + size, left[b]:left[b] + size] for b in range(batch_size)])
+            mirror = torch.rand(batch_size) < 0.5
             x[mirror] = x[mirror].flip(3)
             x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=torch.channels_last)
             loss = crit(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            seen += bs
+            seen += batch_size
     return seen / (time.perf_counter() - start)
 
 def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw) -> dict:
     "Images/s of `train()` vs a bare in-memory loop (CPU), alternated `repeats` times; ratio = best train / best bare."
     import tempfile, statistics
-    p = resolve_params(dataset=dataset, loss=loss, epochs=epochs, device='cpu', **kw)
-    data = load_dataset(p['dataset'], p['data_root'], train_list=p['train_list'], test_list=p['test_list'],
-                        transform=p['transform'], imbalance_ratio=p['imbalance_ratio'], seed=p['data_seed'])
+    params = resolve_params(dataset=dataset, loss=loss, epochs=epochs, device='cpu', **kw)
+    data = load_dataset(params['dataset'], params['data_root'], train_list=params['train_list'],
+                        test_list=params['test_list'], transform=params['transform'],
+                        imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'])
     if not isinstance(data.train, ArrayDataset):
         raise ValueError(f"loop_overhead compares in-memory loops; {dataset} streams from disk")
-    bare, eng = [], []
+    bare, engine = [], []
     for _ in range(repeats):
-        bare.append(_bare_loop(p, data, epochs))
-        with tempfile.TemporaryDirectory() as d:
-            res = train(dataset=dataset, loss=loss, epochs=epochs, device='cpu', out_dir=d, verbose=False,
-                        progress=False, **kw)
-            eng.append(res['images_per_second'])
-    return dict(bare_images_per_second=max(bare), train_images_per_second=max(eng), ratio=max(eng) / max(bare),
-                median_ratio=statistics.median(eng) / statistics.median(bare), bare_runs=bare, train_runs=eng,
-                arch=p['arch'], batch_size=p['batch_size'], epochs=epochs, threads=torch.get_num_threads())
+        bare.append(_bare_loop(params, data, epochs))
+        with tempfile.TemporaryDirectory() as out_dir:
+            results = train(dataset=dataset, loss=loss, epochs=epochs, device='cpu', out_dir=out_dir, verbose=False,
+                            progress=False, **kw)
+            engine.append(results['images_per_second'])
+    return dict(bare_images_per_second=max(bare), train_images_per_second=max(engine), ratio=max(engine) / max(bare),
+                median_ratio=statistics.median(engine) / statistics.median(bare), bare_runs=bare, train_runs=engine,
+                arch=params['arch'], batch_size=params['batch_size'], epochs=epochs, threads=torch.get_num_threads())
 
 # %% ../nbs/04_train.ipynb #ef4f9c36
 def _photo_tree(root, num_images, size=(800, 600), seed=0) -> list:
@@ -869,10 +890,10 @@ def _photo_tree(root, num_images, size=(800, 600), seed=0) -> list:
     for i in range(num_images):
         a, b, c = rng.uniform(0, 6, 3)
         waves = np.stack([np.sin(a * xx + b * yy + k) for k in (0, 2, 4)], -1) * 90 + 128
-        field = waves + rng.normal(0, 12, (size[1], size[0], 3))
+        pixels = waves + rng.normal(0, 12, (size[1], size[0], 3))
         path = f'{i % 10}/{i:05d}.jpg'
         Path(root, path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(field, 0, 255).astype(np.uint8)).save(Path(root, path), quality=90)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(Path(root, path), quality=90)
         paths.append(path)
     return paths
 
@@ -900,7 +921,10 @@ def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50
     x = pipe.train_batch(images, channels_last=True)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
     def step():
-        loss = F.cross_entropy(30 * model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+        loss = F.cross_entropy(30 * model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     step()
     if dev.type == 'cuda': torch.cuda.synchronize()
     start = time.perf_counter()
