@@ -259,3 +259,12 @@ def test_site_renders_in_chromium(site, browser):
     assert browser.failed_requests() == []
     assert {"ala_paper.losses.ALALoss", "ala_paper.losses.quantity_factor", "ala_paper.train.train"} <= set(api["ids"])
     assert "00_losses.html" in api["links"]
+
+
+def test_every_module_docstring_is_a_whole_sentence():
+    "nbdev exports only the first line of a notebook's '> ' description: a wrapped one is cut mid-sentence."
+    import ast
+    for path in sorted((Path(__file__).parents[1] / 'ala_paper').glob('*.py')):
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        if doc and not path.name.startswith('_'):
+            assert doc.rstrip().endswith(('.', ')', '`')), f'{path.name}: docstring cut off: {doc[-60:]!r}'

@@ -164,6 +164,22 @@ def test_streamed_run_resumes_exactly(tmp_path):
     assert strip(ra['history']) == strip(rb['history']) and ra['true_class_prob'] == rb['true_class_prob']
 
 
+def test_testing_while_training_leaves_a_streamed_run_unchanged(tmp_path):
+    "eval_every=1 on streamed images with loader workers: same training, each tested epoch logged, resume allowed."
+    args = [*noisy_split_list(tmp_path / 'data'), '--milestones', '2', '--warmup_epochs', '1', '--epochs', '3']
+    assert cli(*args, '--quiet', '--out_dir', tmp_path / 'a').returncode == 0
+    assert cli(*args, '--quiet', '--epochs', '1', '--eval_every', '1', '--out_dir', tmp_path / 'b').returncode == 0
+    r = cli(*args, '--eval_every', '1', '--out_dir', tmp_path / 'b', '--resume')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [line.split('  test ')[1][-1] for line in r.stdout.splitlines() if line.startswith('epoch 2/3')] == ['%']
+    ra, rb = results(tmp_path / 'a'), results(tmp_path / 'b')
+    assert [h['loss'] for h in ra['history']] == [h['loss'] for h in rb['history']]
+    assert ra['true_class_prob'] == rb['true_class_prob'] and ra['best_test_epoch'] is None
+    # epoch 1 was the last epoch of the first 1-epoch run (tested by the final evaluation, not in the history)
+    assert [bool(h.get('test_top1')) for h in rb['history']] == [False, True, False]
+    assert rb['best_test_epoch']['epochs_tested'] == 2
+
+
 def test_first_line_says_where_and_how(tmp_path):
     r = cli('--epochs', '1', '--out_dir', tmp_path)
     first = r.stdout.splitlines()[0]
