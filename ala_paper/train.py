@@ -478,11 +478,29 @@ def _load_checkpoint(params):
                          f"resume with epochs >= {checkpoint['epoch']} or use another out_dir")
     return checkpoint
 
+def _in_todays_groups(run: Run, optimizer: dict, schedule: dict) -> tuple:
+    "A checkpoint from before the backbone/head split (one parameter group, in `model.parameters()` order) as today's."
+    groups, sizes = optimizer['param_groups'], [len(g['params']) for g in run.opt.param_groups]
+    if len(groups) != 1 or len(sizes) == 1: return optimizer, schedule
+    ids = groups[0]['params']
+    if len(ids) != sum(sizes) or len(set(run.sched.base_lrs)) != 1:   # not a plain split: let PyTorch say what differs
+        return optimizer, schedule
+    starts = np.cumsum([0] + sizes)
+    split = [dict(groups[0], params=ids[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    n = len(sizes)
+    schedule = dict(schedule, base_lrs=schedule['base_lrs'] * n, _last_lr=schedule['_last_lr'] * n,
+                    lr_lambdas=schedule['lr_lambdas'] * n)
+    return dict(optimizer, param_groups=split), schedule
+
 def restore(run: Run, checkpoint: dict):
     "Continue from `checkpoint`: weights, optimiser, schedule, scaler, history, and this process's RNG states."
     run.raw.load_state_dict(checkpoint['model'])
-    run.opt.load_state_dict(checkpoint['optimizer'])
-    run.sched.load_state_dict(checkpoint['scheduler'])
+    optimizer, schedule = _in_todays_groups(run, checkpoint['optimizer'], checkpoint['scheduler'])
+    try: run.opt.load_state_dict(optimizer)
+    except ValueError as e:
+        raise ValueError(f"the optimiser state in {run.out / CHECKPOINT} does not fit this model ({e}): resume with the "
+                         f"commit that made it (its results.json or train.ipynb names it) or use another out_dir") from None
+    run.sched.load_state_dict(schedule)
     if run.scaler is not None and checkpoint.get('scaler'): run.scaler.load_state_dict(checkpoint['scaler'])
     run.history, run.start = list(checkpoint['history']), int(checkpoint['epoch'])
     rngs = checkpoint['rng']

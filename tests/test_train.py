@@ -375,3 +375,24 @@ def test_cli_has_one_option_per_parameter():
     r = subprocess.run([*CLI, '--help'], env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and all(f'--{name}' in r.stdout for name in PARAM_NAMES)
     assert set(vars(cli_parser().parse_args([]))) == set(PARAM_NAMES)
+
+
+def test_resume_a_checkpoint_from_before_the_backbone_head_split(tmp_path):
+    "Checkpoints made before the optimiser had backbone and head groups (one group) resume exactly."
+    kw = dict(verbose=False, progress=False, milestones=[1], warmup_epochs=1)
+    whole = train(epochs=2, out_dir=tmp_path / 'a', **kw)
+    train(epochs=1, out_dir=tmp_path / 'b', **kw)
+    ckpt = torch.load(tmp_path / 'b' / CHECKPOINT, weights_only=True)
+    groups, sched = ckpt['optimizer']['param_groups'], ckpt['scheduler']
+    assert len(groups) == 2
+    ckpt['optimizer']['param_groups'] = [dict(groups[0], params=groups[0]['params'] + groups[1]['params'])]
+    ckpt['scheduler'] = dict(sched, base_lrs=sched['base_lrs'][:1], _last_lr=sched['_last_lr'][:1],
+                             lr_lambdas=sched['lr_lambdas'][:1])
+    torch.save(ckpt, tmp_path / 'b' / CHECKPOINT)
+    resumed = train(epochs=2, out_dir=tmp_path / 'b', resume=True, **kw)
+    assert [h['loss'] for h in resumed['history']] == [h['loss'] for h in whole['history']]
+    assert resumed['per_class_acc'] == whole['per_class_acc']
+    ckpt['optimizer']['param_groups'][0]['params'] = ckpt['optimizer']['param_groups'][0]['params'][:-1]
+    torch.save(ckpt, tmp_path / 'b' / CHECKPOINT)
+    r = cli('--epochs', '3', '--out_dir', tmp_path / 'b', '--resume', '--milestones', '1', '--warmup_epochs', '1')
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'does not fit this model' in r.stderr, r.stderr
