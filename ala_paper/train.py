@@ -31,7 +31,7 @@ __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', '
            'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state',
            'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
            'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch',
-           'run_epochs', 'predict', 'save_logits', 'test_outputs', 'test_top1', 'best_test_epoch', 'evaluate',
+           'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate',
            'write_results', 'train', 'error_line', 'cli_parser', 'main', 'cli_args', 'run_torchrun', 'loop_overhead',
            'loader_benchmark']
 
@@ -639,7 +639,7 @@ def run_epochs(run: Run):
         rec['seconds'] = time.time() - started
         if _due(params, epoch):
             tested = time.time()
-            rec['test_top1'] = test_top1(run)
+            rec['test_top1'] = top1_now(run)
             rec['test_seconds'] = time.time() - tested
         run.history.append(rec)
         save_checkpoint(run, epoch)
@@ -674,7 +674,7 @@ def save_logits(path, idx, logits, num_rows, rank=0, world=1):
     if world > 1: dist.barrier()
     if rank == 0: os.replace(tmp, path)
 
-def test_outputs(run: Run) -> tuple:
+def predict_test_set(run: Run) -> tuple:
     "(indices, float32 outputs, targets) of the model as it is now on this process's shard of the test set."
     params, data, world = run.params, run.data, run.world
     if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
@@ -685,11 +685,11 @@ def test_outputs(run: Run) -> tuple:
                         data.num_classes, params['decode_on_device'])
     return idx, outs, torch.as_tensor(data.test.targets)[idx]
 
-def test_top1(run: Run) -> dict | None:
+def top1_now(run: Run) -> dict | None:
     "Test top-1 (all and per shot group) now, for `eval_every`: rank 0 gets it; every RNG is left as it was."
     state = get_rng_state()
     try:
-        _, outs, targets = test_outputs(run)
+        _, outs, targets = predict_test_set(run)
         parts = _all_gather((outs.argmax(1), targets))
     finally: set_rng_state(state)
     if run.rank != 0: return None
@@ -708,7 +708,7 @@ def evaluate(run: Run) -> dict | None:
     "Test predictions, also post-hoc logit-adjusted (PC Softmax); writes test_logits.npy; rank 0 gets them all."
     params, data, world = run.params, run.data, run.world
     scale = params['scale'] if params['cosine'] else 1.0
-    idx, outs, targets = test_outputs(run)
+    idx, outs, targets = predict_test_set(run)
     logits = scale * outs
     save_logits(run.out / 'test_logits.npy', idx, logits, len(data.test), run.rank, world)
     adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)
