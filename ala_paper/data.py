@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 # %% auto #0
-__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP',
+__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'DRAWS', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP',
            'DEFAULT_TRANSFORM', 'LTData', 'fit_image', 'ToUint8', 'random_crop_flip', 'BatchTransform', 'Pipeline',
            'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb', 'ArrayDataset', 'decode_images',
            'ArrayBatches', 'EncodedImages', 'collate_encoded', 'random_resized_box', 'DeviceDecoder', 'read_split_list',
@@ -410,13 +410,20 @@ def cifar_lt_counts(n_max: int, num_classes: int, imbalance_ratio: float = 100) 
     "LDAM's exponential profile: `int(n_max * (1/rho)**(i/(C-1)))` for class i."
     return [int(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
-def long_tail_select(labels, counts, seed=0) -> np.ndarray:
-    "Indices keeping `counts[c]` randomly chosen (seeded) samples of each class `c`, in class order."
-    labels, rng, keep = np.asarray(labels), np.random.default_rng(seed), []
+DRAWS = ('random', 'ldam')
+
+def long_tail_select(labels, counts, seed=0, draw='random') -> np.ndarray:
+    "Indices keeping `counts[c]` samples of each class `c`, in class order: seeded at random, or as LDAM-DRW's code."
+    if draw not in DRAWS: raise ValueError(f"unknown draw {draw!r}; valid: {', '.join(DRAWS)}")
+    labels, keep = np.asarray(labels), []
+    rng = np.random.default_rng(seed) if draw == 'random' else np.random.RandomState(seed)   # 'ldam': numpy's legacy
     for c, n in enumerate(counts):
         idx = np.flatnonzero(labels == c)
         if n > len(idx): raise ValueError(f"class {c} has {len(idx)} images, fewer than the {n} requested")
-        keep.append(rng.permutation(idx)[:n])
+        if draw == 'random': keep.append(rng.permutation(idx)[:n])
+        else:
+            rng.shuffle(idx)   # one shuffle per class, in class order, from one stream seeded once
+            keep.append(idx[:n])
     return np.concatenate(keep)
 
 # %% ../nbs/02_data.ipynb #8793f67b
@@ -477,7 +484,7 @@ def _check_class_folders(root, dataset, train_names, test_names):
         raise ValueError(f"{root}: train/ and test/ name different classes ({', '.join(odd[:6])}); "
                          f"both need the same {num_classes} class folders")
 
-def read_cifar_folders(root, dataset='cifar10-lt', counts_for=None, seed=0):
+def read_cifar_folders(root, dataset='cifar10-lt', counts_for=None, seed=0, draw='random'):
     "`(xtr, ytr, xte, yte, names)` from an image-folder CIFAR copy; `counts_for(n_max)` gives the per-class draw."
     root = Path(root)
     train_paths, train_labels, names = read_image_folder(root/'train')
@@ -490,14 +497,14 @@ def read_cifar_folders(root, dataset='cifar10-lt', counts_for=None, seed=0):
                              fix='add its training images')
     if counts_for:
         n_max = int(np.bincount(train_labels, minlength=num_classes).min())
-        keep = long_tail_select(train_labels, counts_for(n_max, names), seed)
+        keep = long_tail_select(train_labels, counts_for(n_max, names), seed, draw)
     else: keep = np.arange(len(train_labels))
     xtr = decode_images(root/'train', [train_paths[i] for i in keep], 32, fit=False, desc='decoding CIFAR train')
     xte = decode_images(root/'test', test_paths, 32, fit=False, desc='decoding CIFAR test')
     return xtr, train_labels[keep], xte, test_labels, names
 
 # %% ../nbs/02_data.ipynb #a069e42d
-def _cifar(dataset, root, imbalance_ratio, seed, download, pipe):
+def _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw='random'):
     layout = 'pickles' if download and not Path(root).is_dir() else cifar_layout(root, dataset)
     def counts_for(n_max, names):
         want = cifar_lt_counts(n_max, _CIFAR[dataset][-1], imbalance_ratio)
@@ -506,18 +513,18 @@ def _cifar(dataset, root, imbalance_ratio, seed, download, pipe):
                                  fix='use a smaller imbalance_ratio or the full CIFAR files')
         return want
     if layout == 'folders':
-        xtr, ytr, xte, yte, names = read_cifar_folders(root, dataset, counts_for, seed)
+        xtr, ytr, xte, yte, names = read_cifar_folders(root, dataset, counts_for, seed, draw)
     else:
         xtr, ytr, names = read_cifar(root, dataset, True, download)
         xte, yte, _ = read_cifar(root, dataset, False)
         if len(names) != _CIFAR[dataset][-1]:
             raise ValueError(f"{root}: the {dataset} pickles name {len(names)} classes, not {_CIFAR[dataset][-1]}")
         n_max = int(np.bincount(ytr, minlength=len(names)).min())
-        keep = long_tail_select(ytr, counts_for(n_max, names), seed)
+        keep = long_tail_select(ytr, counts_for(n_max, names), seed, draw)
         xtr, ytr = xtr[keep], ytr[keep]
     num_classes = len(names)
     import hashlib
-    meta = dict(imbalance_ratio=imbalance_ratio, selection_seed=seed, layout=layout, source=str(Path(root).resolve()),
+    meta = dict(imbalance_ratio=imbalance_ratio, selection_seed=seed, draw=draw, layout=layout, source=str(Path(root).resolve()),
                 n_max=int(np.bincount(ytr, minlength=num_classes).max()), num_train=len(ytr), num_test=len(yte),
                 train_sha256=hashlib.sha256(xtr.tobytes() + ytr.tobytes()).hexdigest())
     return dict(train=ArrayDataset(xtr, ytr, pipe.train_sample), test=ArrayDataset(xte, yte, pipe.test_sample),
@@ -653,13 +660,15 @@ def _fit_arrays(ds: ArrayDataset, pipe: Pipeline) -> ArrayDataset:
     return ArrayDataset(fitted, ds.targets, ds.transform)
 
 def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, test_list=None, transform=None,
-                 imbalance_ratio=100, seed=0, download=False, check_files=True, in_memory=None,
+                 imbalance_ratio=100, seed=0, draw='random', download=False, check_files=True, in_memory=None,
                  **synthetic_kw) -> LTData:
     "Load a long-tailed benchmark by name (see `DATASETS`); `in_memory`: None = when it fits, False = stream from disk."
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if synthetic_kw and dataset != 'synthetic-lt':
         raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
+    if draw != 'random' and not dataset.startswith('cifar'):
+        raise ValueError(f"draw (data_draw) {draw!r} chooses a CIFAR-LT subset; {dataset} has its own: use 'random'")
     tname = transform if transform is not None else DEFAULT_TRANSFORM.get(dataset, 'imagenet')
     pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':
@@ -671,7 +680,7 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         if not root.is_dir() and not (download and dataset.startswith('cifar')):
             raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
         if dataset.startswith('cifar'):
-            parts = _cifar(dataset, root, imbalance_ratio, seed, download, pipe)
+            parts = _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw)
         elif dataset == 'inat2018' and train_list is None:
             parts = _inat(root, pipe, check_files, in_memory)
         else:

@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, torch
 from .core import RESULTS, is_missing, known, project_root
 from .losses import ldam_margins, plot_figure2, posthoc_logit_adjust, quantity_factor
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
-from .sweep import TABLES, Row, default_params, recipe_of, same_recipe
+from .sweep import TABLES, Row, absent_values, default_params, recipe_of, same_recipe
 
 # %% auto #0
 __all__ = ['METRICS', 'RUN_COLUMNS', 'GROUP_TITLES', 'FAKE_BANNER', 'PAPER_TITLES', 'OTHER_DATASETS', 'FIGURE_LOSSES', 'COLORS',
@@ -128,7 +128,7 @@ def row_runs(runs: pd.DataFrame, dataset: str, row: Row, arch: str, copies: bool
 
 def _differs(res: dict, params=None) -> list:
     "The recipe parameters in which a run differs from its loss's recipe (defaults + `params`)."
-    ran = res['params']
+    ran = {**absent_values(), **res['params']}
     recipe = row_recipe(res['dataset'], Row('', '', res['loss']), ran['arch'], ran['seed'], params)
     return [k for k, v in recipe.items() if v is not None and k in ran and recipe_of({k: ran[k]})[k] != v]
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .core import CHECKPOINT, RESULTS, atomic_write_json, git_commit, known, project_root
-from .data import (DATASETS, DEFAULT_TRANSFORM, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
+from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
                             EncodedImages, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
@@ -28,12 +28,12 @@ from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', 'param', 'at_least', 'Params', 'recipe_keys',
-           'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state',
-           'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
-           'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch',
-           'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate',
-           'write_results', 'train', 'error_line', 'cli_parser', 'main', 'cli_args', 'run_torchrun', 'loop_overhead',
-           'loader_benchmark']
+           'absent_values', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter',
+           'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset',
+           'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share',
+           'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch',
+           'evaluate', 'write_results', 'train', 'error_line', 'cli_parser', 'main', 'cli_args', 'run_torchrun',
+           'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -56,9 +56,11 @@ PRESETS['cifar100-lt'] = dict(PRESETS['cifar10-lt'])
 PRESETS['split-list'] = dict(PRESETS['imagenet-lt'], arch='resnet50')
 
 # %% ../nbs/04_train.ipynb #fa0c6943
-def param(default=None, help: str = '', *, recipe: bool = False, resume: bool | None = None, valid=None, choices=None):
-    "A training parameter: default (None: the preset's), help, recipe?, must match on resume?, valid values."
-    meta = dict(help=help, recipe=recipe, resume=recipe if resume is None else resume, valid=valid, choices=choices)
+def param(default=None, help: str = '', *, recipe: bool = False, resume: bool | None = None, valid=None, choices=None,
+          absent=None):
+    "A parameter: default (None: the preset's), help, recipe?, must match on resume?, valid values, value before it existed."
+    meta = dict(help=help, recipe=recipe, resume=recipe if resume is None else resume, valid=valid, choices=choices,
+                absent=absent)
     return field(default=default, metadata=meta)
 
 def at_least(lo): return (lambda v: v >= lo, f'an integer >= {lo}')
@@ -80,6 +82,8 @@ class Params:
     seed: int = param(0, 'initialisation, batch order, augmentation (and the data draw, see data_seed)', recipe=True,
                       valid=at_least(0))
     data_seed: int = param(None, 'CIFAR-LT draw / synthetic-lt images (None: seed)', recipe=True, valid=at_least(0))
+    data_draw: str = param('random', "CIFAR-LT subset: 'random' (seeded by data_seed) or 'ldam' (the images "
+                           "LDAM-DRW's code keeps, with data_seed 0)", recipe=True, choices=DRAWS, absent='random')
     loss: str = param('ala', 'loss: ' + ', '.join(LOSSES), recipe=True, choices=LOSSES)
     loss_kw: dict = param(None, 'extra loss options (JSON on the command line), e.g. {"qf_norm": "ln2"}', recipe=True)
     arch: str = param(None, 'backbone: ' + ', '.join(ARCHS), recipe=True, choices=ARCHS)
@@ -131,6 +135,10 @@ PARAM_NAMES = tuple(f.name for f in fields(Params))
 def recipe_keys() -> tuple:
     "Names of the parameters that change what is trained (the run's recipe)."
     return tuple(f.name for f in fields(Params) if f.metadata['recipe'])
+
+def absent_values() -> dict:
+    "The value each later-added parameter had in runs made before it existed (their results.json lacks it)."
+    return {f.name: f.metadata['absent'] for f in fields(Params) if f.metadata['absent'] is not None}
 
 # %% ../nbs/04_train.ipynb #b1416eb5
 DRW_LOSSES = frozenset(COSINE_LOSSES)   # losses that get the preset's DRW by default
@@ -757,7 +765,7 @@ def train(**kwargs) -> dict:
     checkpoint = _load_checkpoint(params) if params['resume'] else None
     data = load_dataset(params['dataset'], params['data_root'], train_list=params['train_list'],
                         test_list=params['test_list'], transform=params['transform'],
-                        imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'],
+                        imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'], draw=params['data_draw'],
                         download=params['download'], in_memory=params['in_memory'])
     params['world_size'] = world
     try: crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
