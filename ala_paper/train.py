@@ -27,13 +27,13 @@ from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', 'param', 'at_least', 'Params', 'recipe_keys',
-           'absent_values', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight', 'FactorMeter',
-           'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset',
-           'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share',
-           'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch',
-           'evaluate', 'write_results', 'train', 'error_line', 'cli_parser', 'main', 'cli_args', 'run_torchrun',
-           'loop_overhead', 'loader_benchmark']
+__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param', 'at_least', 'Params',
+           'recipe_keys', 'absent_values', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight',
+           'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler',
+           'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
+           'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now',
+           'best_test_epoch', 'evaluate', 'write_results', 'train', 'error_line', 'cli_parser', 'user_error', 'main',
+           'notebook_params', 'one_line_errors', 'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -846,23 +846,50 @@ def cli_parser() -> argparse.ArgumentParser:
     parser.add_argument('--quiet', dest='verbose', action='store_false', help='no per-epoch lines (= --verbose false)')
     return parser
 
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, torch.OutOfMemoryError)
+
+def user_error(e: BaseException) -> str:
+    "The `error: ...` line that reports `e` (one of `USER_ERRORS`), naming the process under torchrun."
+    rank, world, _ = dist_env()
+    hint = ' (lower batch_size, or use grad_accum or amp)' if isinstance(e, torch.OutOfMemoryError) else ''
+    where = f'rank {rank} of {world}: ' if world > 1 else ''
+    return f"error: {where}{error_line(e)}{hint}"
+
 def main(argv=None):
     "Entry point of `python -m ala_paper.train` / `ala-train` / torchrun."
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # for the processes this one starts
     try:
         train(**vars(cli_parser().parse_args(argv)))
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, torch.OutOfMemoryError) as e:
-        rank, world, _ = dist_env()
-        hint = ' (lower batch_size, or use grad_accum or amp)' if isinstance(e, torch.OutOfMemoryError) else ''
-        where = f'rank {rank} of {world}: ' if world > 1 else ''
-        print(f"error: {where}{error_line(e)}{hint}", file=sys.stderr, flush=True)
+    except USER_ERRORS as e:
+        print(user_error(e), file=sys.stderr, flush=True)
         code = 2 if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError)) else 1
-        if world > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
+        if dist_env()[1] > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
         sys.exit(code)
 
 # %% ../nbs/04_train.ipynb #e2a1c4d1
 #| eval: false
 if __name__ == '__main__': main()
+
+# %% ../nbs/04_train.ipynb #c8adf910
+_LITERALS = (str, int, float, bool, list, dict, type(None))   # what papermill's -p / -y can give
+
+def notebook_params(names: dict, also=()) -> dict:
+    "`train()`'s parameters among a notebook's variables `names`; another literal (a misspelt `-p`) is an error."
+    unknown = [k for k, v in names.items() if not k.startswith('_') and isinstance(v, _LITERALS)
+               and k not in PARAM_NAMES and k not in also]
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join((*also, *PARAM_NAMES))}")
+    return {k: names[k] for k in PARAM_NAMES if k in names}
+
+def _one_line(shell, etype, value, tb, tb_offset=None):
+    shell._showtraceback(etype, value, [user_error(value)])   # the error output, with the one line as its traceback
+
+def one_line_errors(shell=None):
+    "Make an IPython kernel (default: the running one) show `USER_ERRORS` as their `error: ...` line only."
+    if shell is None:
+        from IPython import get_ipython
+        shell = get_ipython()
+    if shell is not None: shell.set_custom_exc(USER_ERRORS, _one_line)
 
 # %% ../nbs/04_train.ipynb #22b93aa2
 def cli_args(**kw) -> list:

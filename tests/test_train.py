@@ -70,6 +70,21 @@ def test_notebook_raises_the_same_error(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
+def test_papermill_mistakes_end_in_one_line(tmp_path):
+    "From papermill's command line, a misspelt `-p` name and a bad value each end the run with one `error:` line."
+    run, out = tmp_path / 'run', tmp_path / 'o.ipynb'
+    for args, want in ((['-p', 'epoch', '3'], "error: unknown parameter 'epoch'; valid parameters: nproc, dataset"),
+                       (['-p', 'epochs', 'abc'], "error: epochs must be an integer >= 1, got 'abc'")):
+        r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'train.ipynb'), str(out),
+                            '-p', 'out_dir', str(run), *args], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode != 0 and last.startswith(want), (args, r.stderr[-1000:])
+        errors = [o for c in json.loads(out.read_text())['cells'] for o in c.get('outputs', []) if o['output_type'] == 'error']
+        assert [e['traceback'] for e in errors] == [[last]]       # the saved notebook shows the line, no frames
+        assert not run.exists()
+
+
 # --- several processes ---------------------------------------------------------------------------------
 
 def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
