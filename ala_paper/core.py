@@ -8,7 +8,8 @@ import json, math, os, subprocess
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'RESULTS', 'project_root', 'git_commit', 'atomic_write_json', 'known', 'is_missing']
+__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'project_root', 'git_commit', 'atomic_write_json', 'known', 'is_missing',
+           'error_line', 'notebook_params', 'one_line_errors']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -51,3 +52,40 @@ def known(x, default=None):
 def is_missing(x) -> bool:
     "True for None and NaN."
     return known(x, None) is None
+
+# %% ../nbs/00_core.ipynb #c0f36b3e
+USER_MISTAKES = (ValueError, FileNotFoundError, NotADirectoryError)
+_LITERALS = (str, int, float, bool, list, dict, type(None))   # what papermill's -p and -y give
+
+def error_line(e: BaseException) -> str:
+    "The one line a user needs from `e`; for an error from a DataLoader worker, the worker's original message."
+    msg = str(e).strip()
+    if 'Original Traceback' in msg:   # DataLoader's ExceptionWrapper: the original 'Type: message' is the last line
+        last = msg.splitlines()[-1]
+        return last.split(': ', 1)[1] if ': ' in last else last
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+def notebook_params(names: dict, valid, also=()) -> dict:
+    "The `valid` parameters among a notebook's variables `names`; any other literal but `also` is a misspelt `-p`."
+    ipython_own = getattr(_shell(), 'user_ns_hidden', {})   # In, Out, exit, ... of the running kernel
+    unknown = [k for k, v in names.items() if not k.startswith('_') and isinstance(v, _LITERALS)
+               and k not in valid and k not in also and k not in ipython_own]
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join((*also, *valid))}")
+    return {k: names[k] for k in valid if k in names}
+
+def _shell():
+    "The running IPython shell, or None."
+    try: from IPython import get_ipython
+    except ImportError: return None
+    return get_ipython()
+
+# %% ../nbs/00_core.ipynb #726debce
+def one_line_errors(kinds=USER_MISTAKES, line=None, shell=None):
+    "Make an IPython kernel (default: the running one) show `kinds` of exception as one line, `line(e)`."
+    shell = shell if shell is not None else _shell()
+    if shell is None: return   # not in IPython: nothing to change
+    line = line or (lambda e: f"error: {error_line(e)}")
+    def show(sh, etype, value, tb, tb_offset=None):
+        sh._showtraceback(etype, value, [line(value)])   # the cell's error output, the line as its whole traceback
+    shell.set_custom_exc(tuple(kinds), show)

@@ -11,6 +11,7 @@ import numpy as np, pandas as pd, torch
 from .core import RESULTS, is_missing, known, project_root
 from .losses import ldam_margins, plot_figure2, posthoc_logit_adjust, quantity_factor
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
+from .models import ARCHS
 from .sweep import TABLES, Row, absent_values, default_params, recipe_of, same_recipe
 
 # %% auto #0
@@ -75,10 +76,14 @@ def _run_line(results_file: Path, runs_dir: Path) -> dict:
                 **{m: float(known(top1.get(m), np.nan)) for m in METRICS}, res=res)
 
 def load_runs(runs_dir, allow_fake: bool = False) -> pd.DataFrame:
-    "Every results.json under `runs_dir`, one line per run (an empty DataFrame if none)."
+    "Every results.json under the folder `runs_dir`, one line per run (an empty DataFrame if none)."
     runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():   # a mistyped path must not turn into tables with no runs, written over the good ones
+        raise (NotADirectoryError if runs_dir.exists() else FileNotFoundError)(
+            f"runs_dir {runs_dir} {'is a file' if runs_dir.exists() else 'does not exist'}: give the folder the sweep "
+            f"wrote the runs into (its --runs-dir), or figures/runs for the committed ones")
     lines = []
-    for results_file in sorted(runs_dir.rglob(RESULTS)) if runs_dir.is_dir() else []:
+    for results_file in sorted(runs_dir.rglob(RESULTS)):
         try: line = _run_line(results_file, runs_dir)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{results_file} is not a results.json of ala_paper.train ({type(e).__name__}: {e}); "
@@ -650,6 +655,9 @@ def _figure_specs(by_loss, chosen, where):
 def build_figures(runs_dir, out_dir, dataset: str = 'synthetic-lt', arch=None, allow_fake: bool = False,
                   dpi: int = 110, params=None) -> dict:
     "Draw Figures 1-4 of `dataset` on backbone `arch` (None: `figure_arch`; runs of `params`), with their numbers."
+    if arch is not None and arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or dpi != int(dpi) or dpi < 20:
+        raise ValueError(f"dpi must be a whole number >= 20, got {dpi!r}")
     set_style()
     arch = arch or figure_arch(dataset)
     by_loss = runs_of(load_runs(runs_dir, allow_fake), dataset, FIGURE_LOSSES, arch, params)
@@ -662,7 +670,7 @@ def build_figures(runs_dir, out_dir, dataset: str = 'synthetic-lt', arch=None, a
         if fig is None:
             print(f"{name.split('_')[0]}: skipped, no {dataset} {arch} runs of the needed losses under {runs_dir}")
             continue
-        made[f'{name}_{suffix}'] = save_figure(fig, out_dir, f'{name}_{suffix}', dpi)
+        made[f'{name}_{suffix}'] = save_figure(fig, out_dir, f'{name}_{suffix}', int(dpi))
         plt.close(fig)
         frame = numbers() if numbers else pd.DataFrame()
         if not frame.empty:

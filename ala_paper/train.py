@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .core import CHECKPOINT, RESULTS, atomic_write_json, git_commit, known, project_root
+from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, git_commit, known, project_root
 from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
                             EncodedImages, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
@@ -32,8 +32,8 @@ __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', '
            'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler',
            'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
            'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now',
-           'best_test_epoch', 'evaluate', 'write_results', 'train', 'error_line', 'cli_parser', 'user_error', 'main',
-           'notebook_params', 'one_line_errors', 'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
+           'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main', 'cli_args',
+           'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -806,14 +806,6 @@ def _prepare_out_dir(run: Run):
     run.out.mkdir(parents=True, exist_ok=True)
     if not run.params['resume'] and (run.out / RESULTS).exists(): (run.out / RESULTS).unlink()
 
-def error_line(e: BaseException) -> str:
-    "The one line a user needs from `e`; for an error from a DataLoader worker, the worker's original message."
-    msg = str(e).strip()
-    if 'Original Traceback' in msg:   # DataLoader's ExceptionWrapper: the original 'Type: message' is the last line
-        last = msg.splitlines()[-1]
-        return last.split(': ', 1)[1] if ': ' in last else last
-    return msg.splitlines()[0] if msg else type(e).__name__
-
 train.__signature__ = inspect.Signature([inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
                                          for f in fields(Params)], return_annotation=dict)
 
@@ -846,7 +838,7 @@ def cli_parser() -> argparse.ArgumentParser:
     parser.add_argument('--quiet', dest='verbose', action='store_false', help='no per-epoch lines (= --verbose false)')
     return parser
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError, torch.OutOfMemoryError)
+USER_ERRORS = (*USER_MISTAKES, FloatingPointError, torch.OutOfMemoryError)   # a run's mistakes, reported in one line
 
 def user_error(e: BaseException) -> str:
     "The `error: ...` line that reports `e` (one of `USER_ERRORS`), naming the process under torchrun."
@@ -862,34 +854,13 @@ def main(argv=None):
         train(**vars(cli_parser().parse_args(argv)))
     except USER_ERRORS as e:
         print(user_error(e), file=sys.stderr, flush=True)
-        code = 2 if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError)) else 1
+        code = 2 if isinstance(e, USER_MISTAKES) else 1
         if dist_env()[1] > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
         sys.exit(code)
 
 # %% ../nbs/04_train.ipynb #e2a1c4d1
 #| eval: false
 if __name__ == '__main__': main()
-
-# %% ../nbs/04_train.ipynb #c8adf910
-_LITERALS = (str, int, float, bool, list, dict, type(None))   # what papermill's -p / -y can give
-
-def notebook_params(names: dict, also=()) -> dict:
-    "`train()`'s parameters among a notebook's variables `names`; another literal (a misspelt `-p`) is an error."
-    unknown = [k for k, v in names.items() if not k.startswith('_') and isinstance(v, _LITERALS)
-               and k not in PARAM_NAMES and k not in also]
-    if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join((*also, *PARAM_NAMES))}")
-    return {k: names[k] for k in PARAM_NAMES if k in names}
-
-def _one_line(shell, etype, value, tb, tb_offset=None):
-    shell._showtraceback(etype, value, [user_error(value)])   # the error output, with the one line as its traceback
-
-def one_line_errors(shell=None):
-    "Make an IPython kernel (default: the running one) show `USER_ERRORS` as their `error: ...` line only."
-    if shell is None:
-        from IPython import get_ipython
-        shell = get_ipython()
-    if shell is not None: shell.set_custom_exc(USER_ERRORS, _one_line)
 
 # %% ../nbs/04_train.ipynb #22b93aa2
 def cli_args(**kw) -> list:

@@ -146,6 +146,7 @@ def test_bad_results_file_is_named(tmp_path):
     with pytest.raises(ValueError, match=r'a/b/results.json is not a results.json'): load_runs(tmp_path)
 
 def test_no_runs_gives_dashes_and_skips_figures(tmp_path, capsys):
+    (tmp_path/'none').mkdir()
     mds = build_tables(tmp_path/'none', tmp_path/'out')
     body = [l for l in mds['benchmark_synthetic-lt'].splitlines() if l.startswith('| ') and 'Method' not in l]
     assert len(body) == 13 and all([c.strip() for c in l.split('|')][2:9] == ['-'] * 7 for l in body)
@@ -153,6 +154,14 @@ def test_no_runs_gives_dashes_and_skips_figures(tmp_path, capsys):
     made = build_figures(tmp_path/'none', tmp_path/'out')
     assert list(made) == ['figure2_qf_vs_ldam_synthetic-lt']
     assert 'figure1: skipped' in capsys.readouterr().out
+
+
+def test_a_mistyped_runs_dir_writes_nothing(tmp_path):
+    "A runs folder that is not there is an error, not tables without runs written over the committed ones."
+    for build in (build_tables, build_figures):
+        with pytest.raises(FileNotFoundError, match='runs_dir .*typo does not exist: give the folder'):
+            build(tmp_path/'typo', tmp_path/'out')
+    assert not (tmp_path/'out').exists()
 
 def test_figures_pick_one_backbone(tmp_path):
     write_fake_runs(tmp_path/'runs', 'table1', rows=['ce', 'ldam-drw', 'ala'], seeds=[0, 1])
@@ -167,3 +176,18 @@ def test_figures_pick_one_backbone(tmp_path):
     assert 'figure1_per_class_accuracy_imagenet-lt_resnet50' in other
     for png, pdf in (v for v in made.values() if len(v) == 2):
         assert png.read_bytes()[:4] == b'\x89PNG' and pdf.read_bytes()[:4] == b'%PDF' and png.stat().st_size < 300_000
+
+
+def test_papermill_tables_and_figures_mistakes_end_in_one_line(tmp_path):
+    "papermill on tables.ipynb / figures.ipynb: a misspelt -p, a missing runs folder, a bad value; one line each, no output."
+    import os, subprocess
+    env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'}
+    for nb, args, want in (('tables', ['-p', 'run_dir', 'runs'], "error: unknown parameter 'run_dir'; valid parameters: runs_dir"),
+                           ('tables', ['-p', 'runs_dir', str(tmp_path/'typo')], 'typo does not exist: give the folder'),
+                           ('figures', ['-p', 'arch', 'resnet9'], "error: unknown arch 'resnet9'")):
+        r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT/'nbs'/f'{nb}.ipynb'), str(tmp_path/'o.ipynb'),
+                            '-p', 'out_dir', str(tmp_path/'out'), *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode != 0 and last.startswith('error: ') and want in last, (nb, args, r.stderr[-800:])
+        assert not (tmp_path/'out').exists()
