@@ -221,6 +221,9 @@ def _resolve_engine(params):
                                 f"(pass an existing state_dict file, 'imagenet', or False)")
     if params['dataset'] not in ('cifar10-lt', 'cifar100-lt'):
         params['imbalance_ratio'] = None   # only CIFAR-LT's is a choice
+        if params['data_draw'] != 'random':
+            raise ValueError(f"data_draw {params['data_draw']!r} chooses a CIFAR-LT subset; {params['dataset']} comes "
+                             f"with its own: leave data_draw at 'random'")
     if params['device'] is None and params['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
         raise ValueError(f"{params['dataset']} trains {params['arch']}, which needs a GPU, but torch "
                          f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees none; check nvidia-smi "
