@@ -27,13 +27,13 @@ from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param', 'at_least', 'Params',
-           'recipe_keys', 'absent_values', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor', 'drw_weight',
-           'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of', 'SeededSampler',
-           'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
-           'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now',
-           'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main', 'cli_args',
-           'run_torchrun', 'loop_overhead', 'loader_benchmark']
+__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param', 'at_least',
+           'Params', 'recipe_keys', 'absent_values', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor',
+           'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of',
+           'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint',
+           'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
+           'top1_now', 'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main',
+           'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -66,6 +66,7 @@ def param(default=None, help: str = '', *, recipe: bool = False, resume: bool | 
 def at_least(lo): return (lambda v: v >= lo, f'an integer >= {lo}')
 POSITIVE = (lambda v: v > 0, 'a positive number')
 NON_NEGATIVE = (lambda v: v >= 0, 'a non-negative number')
+WARMUPS = ('step', 'epoch')
 
 @dataclass
 class Params:
@@ -100,6 +101,8 @@ class Params:
     momentum: float = param(None, 'SGD momentum', recipe=True, valid=NON_NEGATIVE)
     weight_decay: float = param(None, 'SGD weight decay', recipe=True, valid=NON_NEGATIVE)
     warmup_epochs: int = param(None, 'epochs of linear learning-rate warm-up', recipe=True, valid=at_least(0))
+    warmup: str = param('step', "warm-up rises every 'step', or every 'epoch' as LDAM-DRW's code does", recipe=True,
+                        choices=WARMUPS, absent='step')
     milestones: list = param(None, 'the rate is multiplied by gamma after each of these epochs, e.g. 160,180',
                              recipe=True)
     gamma: float = param(None, 'learning-rate factor at each milestone', recipe=True, valid=POSITIVE)
@@ -265,11 +268,11 @@ def _resolve_device(device):
     return parsed.type
 
 # %% ../nbs/04_train.ipynb #d4aeed07
-def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float) -> float:
-    "Multiplier of the base learning rate at global optimisation step `step` (0-based)."
-    warm = warmup_epochs * steps_per_epoch
-    if step < warm: return (step + 1) / warm
-    epoch = step // steps_per_epoch
+def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float,
+              warmup: str = 'step') -> float:
+    "Multiplier of the base learning rate at global optimisation step `step` (0-based); warm-up per `warmup`."
+    warm, epoch = warmup_epochs * steps_per_epoch, step // steps_per_epoch
+    if step < warm: return (step + 1) / warm if warmup == 'step' else (epoch + 1) / warmup_epochs
     return gamma ** sum(epoch >= m for m in milestones)
 
 # %% ../nbs/04_train.ipynb #33d9fa76
@@ -446,7 +449,7 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
         raise ValueError(f"{len(data.train)} training images make no full batch of {params['batch_size']}: "
                          f"lower batch_size")
     factor = partial(lr_factor, steps_per_epoch=steps, milestones=params['milestones'],
-                     warmup_epochs=params['warmup_epochs'], gamma=params['gamma'])
+                     warmup_epochs=params['warmup_epochs'], gamma=params['gamma'], warmup=params['warmup'])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(params['amp']) if dev.type == 'cuda' else None
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
