@@ -273,6 +273,9 @@ BAD = {
     'imbalance ratio < 1': (['--imbalance_ratio', '0.5'], "imbalance_ratio must be a finite number >= 1"),
     'drw_beta 1': (['--drw_beta', '1.0'], "drw_beta must be in [0, 1)"),
     'unknown loss option': (['--loss_kw', '{"bogus": 1}'], "does not fit loss 'ala'"),
+    'unknown warm-up': (['--warmup', 'epochs'], "unknown warmup 'epochs'; choose one of: step, epoch"),
+    'LDAM draw off CIFAR': (['--data_draw', 'ldam'], "data_draw 'ldam' chooses a CIFAR-LT subset; synthetic-lt"),
+    'unknown draw': (['--dataset', 'cifar10-lt', '--data_draw', 'cao'], "unknown data_draw 'cao'; choose one of: random, ldam"),
 }
 
 
