@@ -43,6 +43,7 @@ def render() -> str:
     body, _ = exporter.from_notebook_node(nb)
     header = "<!-- Generated from nbs/index.ipynb by .ci/make_readme.py: edit the notebook, not this file. -->\n\n"
     body = re.sub(r"\]\(\.\./", "](", body)   # links relative to nbs/ become relative to the root
+    body = re.sub(r"\n```[\w-]*\n\s*```\n", "\n", body)   # the empty code block of each `#| echo: false` cell
     return header + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
 
 

@@ -12,7 +12,7 @@ from .core import RESULTS, is_missing, known, project_root
 from .losses import ldam_margins, plot_figure2, posthoc_logit_adjust, quantity_factor
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
 from .models import ARCHS
-from .sweep import TABLES, Row, absent_values, default_params, recipe_of, same_recipe
+from .sweep import TABLES, Row, with_absent, default_params, recipe_of, same_recipe
 
 # %% auto #0
 __all__ = ['METRICS', 'RUN_COLUMNS', 'GROUP_TITLES', 'FAKE_BANNER', 'PAPER_TITLES', 'OTHER_DATASETS', 'FIGURE_LOSSES', 'COLORS',
@@ -133,7 +133,7 @@ def row_runs(runs: pd.DataFrame, dataset: str, row: Row, arch: str, copies: bool
 
 def _differs(res: dict, params=None) -> list:
     "The recipe parameters in which a run differs from its loss's recipe (defaults + `params`)."
-    ran = {**absent_values(), **res['params']}
+    ran = with_absent(res['params'])
     recipe = row_recipe(res['dataset'], Row('', '', res['loss']), ran['arch'], ran['seed'], params)
     return [k for k, v in recipe.items() if v is not None and k in ran and recipe_of({k: ran[k]})[k] != v]
 
@@ -332,7 +332,7 @@ def recipe_line(runs: pd.DataFrame, used: set) -> str:
     counted = runs[runs.path.isin(used)] if runs is not None and not runs.empty else pd.DataFrame()
     if counted.empty: return ''
     per_row = {'dataset', 'loss', 'seed', 'data_seed', 'drw_epoch', 'loss_kw'}
-    recipes = [{k: v for k, v in recipe_of(res['params']).items() if k not in per_row and v is not None}
+    recipes = [{k: v for k, v in recipe_of(with_absent(res['params'])).items() if k not in per_row and v is not None}
                for res in counted.res]
     keys = list(dict.fromkeys(k for r in recipes for k in r))
     values = {k: list(dict.fromkeys(json.dumps(r.get(k)) for r in recipes)) for k in keys}

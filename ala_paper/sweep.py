@@ -12,7 +12,7 @@ from .core import CHECKPOINT, RESULTS, project_root
 
 # %% auto #0
 __all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'Row', 'TableSpec', 'table_rows', 'recipe_keys',
-           'absent_values', 'default_params', 'recipe_of', 'same_recipe', 'recipe_tag', 'run_dir', 'run_state',
+           'with_absent', 'default_params', 'recipe_of', 'same_recipe', 'recipe_tag', 'run_dir', 'run_state',
            'finished_runs', 'Planned', 'table_archs', 'training_rows', 'plan', 'train_notebook', 'papermill_command',
            'run_papermill', 'sweep', 'cli_parser', 'main']
 
@@ -98,9 +98,9 @@ def recipe_keys() -> tuple:
     "The names of the training parameters that make up a run's recipe."
     return _train().recipe_keys()
 
-def absent_values() -> dict:
-    "What runs made before a recipe parameter existed had for it (their results.json lacks the key)."
-    return _train().absent_values()
+def with_absent(run_params: dict) -> dict:
+    "A finished run's parameters, with the value each parameter added since its commit had in it."
+    return _train().with_absent(run_params)
 
 def _jsonable(value):
     "`value` as it reads back from results.json (tuples become lists)."
@@ -122,7 +122,7 @@ def recipe_of(params: dict) -> dict:
 
 def same_recipe(run_params: dict, recipe: dict) -> bool:
     "Whether a finished run's parameters are `recipe` (keys the run lacks, or `recipe` leaves None, are not compared)."
-    run_params = {**absent_values(), **run_params}   # runs made before a parameter existed had its old value
+    run_params = with_absent(run_params)   # runs made before a parameter existed had its old value
     return all(v is None or k not in run_params or _jsonable(run_params[k]) == v for k, v in recipe_of(recipe).items())
 
 # %% ../nbs/05_sweep.ipynb #ebf8d9ff

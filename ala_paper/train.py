@@ -28,7 +28,7 @@ from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param', 'at_least',
-           'Params', 'recipe_keys', 'absent_values', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor',
+           'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor',
            'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of',
            'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint',
            'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
@@ -58,7 +58,7 @@ PRESETS['split-list'] = dict(PRESETS['imagenet-lt'], arch='resnet50')
 # %% ../nbs/04_train.ipynb #fa0c6943
 def param(default=None, help: str = '', *, recipe: bool = False, resume: bool | None = None, valid=None, choices=None,
           absent=None):
-    "A parameter: default (None: the preset's), help, recipe?, must match on resume?, valid values, value before it existed."
+    "A parameter: default (None: the preset's), help, recipe?, must match on resume?, valid values, what runs before it had."
     meta = dict(help=help, recipe=recipe, resume=recipe if resume is None else resume, valid=valid, choices=choices,
                 absent=absent)
     return field(default=default, metadata=meta)
@@ -97,6 +97,7 @@ class Params:
     grad_accum: int = param(1, 'micro-batches per optimiser step: batch_size in less memory', valid=at_least(1))
     lr: float = param(None, "base learning rate (the classifier's)", recipe=True, valid=POSITIVE)
     backbone_lr: float = param(None, "the backbone's learning rate (None: the preset's, else lr)", recipe=True,
+                               absent=lambda ran: ran.get('lr'),   # one parameter group at lr, before the split
                                valid=POSITIVE)
     momentum: float = param(None, 'SGD momentum', recipe=True, valid=NON_NEGATIVE)
     weight_decay: float = param(None, 'SGD weight decay', recipe=True, valid=NON_NEGATIVE)
@@ -139,9 +140,13 @@ def recipe_keys() -> tuple:
     "Names of the parameters that change what is trained (the run's recipe)."
     return tuple(f.name for f in fields(Params) if f.metadata['recipe'])
 
-def absent_values() -> dict:
-    "The value each later-added parameter had in runs made before it existed (their results.json lacks it)."
-    return {f.name: f.metadata['absent'] for f in fields(Params) if f.metadata['absent'] is not None}
+def with_absent(run_params: dict) -> dict:
+    "A results.json's `params`, plus the value each parameter added since had in that run (`absent`: a value or a rule)."
+    out = dict(run_params)
+    for f in fields(Params):
+        absent = f.metadata['absent']
+        if absent is not None and f.name not in out: out[f.name] = absent(out) if callable(absent) else absent
+    return out
 
 # %% ../nbs/04_train.ipynb #b1416eb5
 DRW_LOSSES = frozenset(COSINE_LOSSES)   # losses that get the preset's DRW by default
