@@ -409,7 +409,7 @@ import matplotlib.pyplot as plt
 FIGURE_LOSSES = ('ce', 'ldam', 'ala')
 COLORS = {'ce': '#4C72B0', 'ldam': '#DD8452', 'ala': '#55A868', 'df': '#8172B3', 'qf': '#C44E52',
           'df-ldam': '#937860', 'focal': '#DA8BC3', 'logit-adjust': '#8C8C8C', 'balanced-softmax': '#CCB974'}
-LABELS = {'ce': 'CE', 'ldam': 'LDAM', 'ala': 'ALA', 'df': 'DF', 'qf': 'QF', 'df-ldam': 'DF·A_LDAM',
+LABELS = {'ce': 'CE', 'ldam': 'LDAM-DRW', 'ala': 'ALA', 'df': 'DF', 'qf': 'QF', 'df-ldam': 'DF·A_LDAM',
           'focal': 'Focal', 'logit-adjust': 'Logit Adjust', 'balanced-softmax': 'Balanced Softmax'}
 
 def set_style():

@@ -33,7 +33,7 @@ __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'PARAM_NAMES', 'DRW
            'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint',
            'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
            'top1_now', 'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main',
-           'cli_args', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
+           'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -246,6 +246,9 @@ def _resolve_engine(params):
     params['loss_kw'] = dict(params['loss_kw'] or {})
     params['cosine'] = params['loss'] in COSINE_LOSSES
     out = Path(params['out_dir']).expanduser().resolve() if params['out_dir'] else project_root() / 'runs' / 'default'
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"out_dir {out}: {existing} is a file, not a folder; give a folder for the run's files")
     params['out_dir'] = str(out)
     if params['resume'] and not (Path(params['out_dir']) / CHECKPOINT).is_file():
         raise ValueError(f"resume=True but there is no {CHECKPOINT} in {params['out_dir']}: "
@@ -886,9 +889,15 @@ def cli_args(**kw) -> list:
         args += [f'--{name}', str(value)]
     return args
 
+def check_nproc(nproc) -> int:
+    "`nproc` (training processes, one per GPU) if it is an integer >= 1, else a one-line ValueError."
+    if not _int_like(nproc) or nproc < 1:
+        raise ValueError(f"nproc must be an integer >= 1 (training processes, one per GPU), got {nproc!r}")
+    return int(nproc)
+
 def run_torchrun(nproc: int, **kw) -> dict:
     "Run `train(**kw)` in `nproc` processes under torchrun (DDP); return the results rank 0 wrote."
-    if not _int_like(nproc) or nproc < 1: raise ValueError(f"nproc must be an integer >= 1, got {nproc!r}")
+    nproc = check_nproc(nproc)
     params = resolve_params(**kw)                      # the same errors as train(), before any process starts
     kw['out_dir'] = params['out_dir']
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m',

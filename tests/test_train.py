@@ -74,7 +74,8 @@ def test_papermill_mistakes_end_in_one_line(tmp_path):
     "From papermill's command line, a misspelt `-p` name and a bad value each end the run with one `error:` line."
     run, out = tmp_path / 'run', tmp_path / 'o.ipynb'
     for args, want in ((['-p', 'epoch', '3'], "error: unknown parameter 'epoch'; valid parameters: nproc, dataset"),
-                       (['-p', 'epochs', 'abc'], "error: epochs must be an integer >= 1, got 'abc'")):
+                       (['-p', 'epochs', 'abc'], "error: epochs must be an integer >= 1, got 'abc'"),
+                       (['-p', 'nproc', '0'], "error: nproc must be an integer >= 1 (training processes")):
         r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'train.ipynb'), str(out),
                             '-p', 'out_dir', str(run), *args], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                            timeout=300)
@@ -296,6 +297,17 @@ def test_bad_input_cli_main(tmp_path, capsys, case, monkeypatch):
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith('error: ') and msg in err, err
     assert not (tmp_path / 'run').exists()
+
+
+def test_out_dir_that_is_a_file(tmp_path, capsys):
+    "out_dir naming a file (or a folder under one): one line that names the file, exit 2, the file untouched."
+    from ala_paper.train import main
+    (tmp_path / 'f').write_text('keep')
+    for out in (tmp_path / 'f', tmp_path / 'f' / 'run'):
+        with pytest.raises(SystemExit) as e: main(['--epochs', '1', '--out_dir', str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err == f"error: out_dir {out}: {tmp_path / 'f'} is a file, not a folder; give a folder for the run's files\n"
+    assert (tmp_path / 'f').read_text() == 'keep'
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
