@@ -8,8 +8,8 @@ import json, math, os, subprocess
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'project_root', 'git_commit', 'atomic_write_json', 'known', 'is_missing',
-           'error_line', 'notebook_params', 'one_line_errors']
+__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known',
+           'is_missing', 'error_line', 'notebook_params', 'one_line_errors']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -34,6 +34,14 @@ def git_commit(root=None) -> str | None:
 
 # %% ../nbs/00_core.ipynb #52bf379f
 CHECKPOINT, RESULTS = 'checkpoint.pt', 'results.json'
+
+def folder_for(path, what: str) -> Path:
+    "`path` as an absolute folder to write into, unless it or a folder above it is a file (a one-line error naming it)."
+    path = Path(path).expanduser().resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {existing} is a file, not a folder; give a folder for the run's files")
+    return path
 
 def atomic_write_json(obj, path):
     "Write JSON to a temporary file beside `path`, then rename it over `path`."

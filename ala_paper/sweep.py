@@ -8,7 +8,7 @@ import argparse, ast, hashlib, json, re, shlex, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import CHECKPOINT, RESULTS, project_root
+from .core import CHECKPOINT, RESULTS, USER_MISTAKES, folder_for, project_root
 
 # %% auto #0
 __all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'Row', 'TableSpec', 'table_rows', 'recipe_keys',
@@ -197,7 +197,9 @@ def _check_request(spec: TableSpec, dataset: str, extra: dict, seeds):
 
 def table_archs(spec: TableSpec, dataset: str, backbones=None, arch=None) -> list:
     "The `arch` of each backbone column to run (all of the table's, those named in `backbones`, else the preset's)."
-    if not spec.backbones: return [arch or default_params(dataset, 'ce')['arch']]
+    if not spec.backbones:
+        if backbones: raise ValueError(f"{spec.name} has no backbone columns: choose its backbone with --param arch=NAME")
+        return [arch or default_params(dataset, 'ce')['arch']]
     bad = [b for b in backbones or () if b not in spec.backbones]
     if bad: raise ValueError(f"{spec.name} has no backbone {bad[0]!r}: its backbones are {', '.join(spec.backbones)}")
     return [a for b, a in spec.backbones.items() if not backbones or b in backbones]
@@ -228,6 +230,7 @@ def plan(table: str, dataset=None, seeds=(0,), runs_dir='runs', rows=None, param
     dataset = dataset or spec.dataset or 'synthetic-lt'
     _check_request(spec, dataset, extra, seeds)
     archs = table_archs(spec, dataset, backbones, extra.pop('arch', None))
+    folder_for(runs_dir, 'runs_dir')   # a file in the way: said now, not by every run
     finished = finished_runs(runs_dir)
     return [_entry(table, row, arch, seed, dataset, extra, Path(runs_dir), finished)
             for row in trained for arch in archs for seed in seeds]
@@ -283,6 +286,10 @@ def sweep(table: str, dataset=None, seeds=(0,), runs_dir='runs', rows=None, para
           notebook=None, runner=None, dry_run=False, log=print) -> list:
     "Run every (row, backbone, seed) of `table` that is not finished yet; returns the plan with statuses."
     entries = plan(table, dataset, seeds, runs_dir, rows, params, backbones)
+    root = (params or {}).get('data_root')
+    if root and not dry_run and not Path(root).expanduser().is_dir():   # (a dry run may plan for another machine)
+        raise FileNotFoundError(f"data_root {root} is not a folder here: extract or mount the data first "
+                                f"(data/README.md), or plan with --dry-run")
     runner = runner or (lambda entry: run_papermill(entry, notebook))
     for row in table_rows(table, rows):
         if row.posthoc: log(f"{table}/{row.key}: post-hoc, read from the {row.posthoc} runs (nothing to train)")
@@ -329,7 +336,7 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"training notebook {notebook} not found: pass --notebook PATH")
         entries = sweep(args.table, args.dataset, args.seeds, args.runs_dir, args.rows, params, args.backbones,
                         notebook=notebook, dry_run=args.dry_run, log=lambda m: print(m, flush=True))
-    except (ValueError, FileNotFoundError) as ex:
+    except USER_MISTAKES as ex:
         print(f"error: {_last_line(ex)}", file=sys.stderr)
         return 2
     count = {s: sum(e.status == s for e in entries) for s in ('ok', 'skipped', 'failed')}

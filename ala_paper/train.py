@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, git_commit, known, project_root
+from .core import (CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, folder_for, git_commit,
+                            known, project_root)
 from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
                             EncodedImages, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
@@ -245,10 +246,7 @@ def _resolve_engine(params):
                          "decode_on_device=False")
     params['loss_kw'] = dict(params['loss_kw'] or {})
     params['cosine'] = params['loss'] in COSINE_LOSSES
-    out = Path(params['out_dir']).expanduser().resolve() if params['out_dir'] else project_root() / 'runs' / 'default'
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(f"out_dir {out}: {existing} is a file, not a folder; give a folder for the run's files")
+    out = folder_for(params['out_dir'] or project_root() / 'runs' / 'default', 'out_dir')
     params['out_dir'] = str(out)
     if params['resume'] and not (Path(params['out_dir']) / CHECKPOINT).is_file():
         raise ValueError(f"resume=True but there is no {CHECKPOINT} in {params['out_dir']}: "

@@ -128,10 +128,16 @@ def test_importing_the_sweep_needs_no_torch():
     (['--table', 'bench', '--dataset', 'mnist-lt'], "unknown dataset 'mnist-lt'"),
     (['--table', 'bench', '--param', 'epochs=0'], 'epochs must be an integer >= 1'),
     (['--table', 'bench', '--param', 'colour=red'], "unknown parameter 'colour'"),
+    (['--table', 'bench', '--backbones', 'resnet9'], 'bench has no backbone columns'),
+    (['--table', 'bench', '--param', 'data_root={tmp}/nope'], 'nope is not a folder here'),
+    (['--table', 'bench', '--runs-dir', '{tmp}/file/runs'], 'file is a file, not a folder'),
 ])
 def test_bad_input(tmp_path, fake_nb, args, msg):
+    (tmp_path/'file').write_text('')
+    args = [a.replace('{tmp}', str(tmp_path)) for a in args]
     if '--notebook' not in args: args = [*args, '--notebook', fake_nb]
-    r = sweep_cli(*args, '--runs-dir', tmp_path/'runs', cwd=tmp_path)
+    if '--runs-dir' not in args: args = [*args, '--runs-dir', tmp_path/'runs']
+    r = sweep_cli(*args, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith('error: ') and msg in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
