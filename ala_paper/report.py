@@ -8,7 +8,7 @@ import csv, json
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from .core import RESULTS, is_missing, known, project_root
+from .core import RESULTS, folder_for, is_missing, known, project_root
 from .losses import ldam_margins, plot_figure2, posthoc_logit_adjust, quantity_factor
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
 from .models import ARCHS
@@ -16,12 +16,13 @@ from .sweep import TABLES, Row, with_absent, default_params, recipe_of, same_rec
 
 # %% auto #0
 __all__ = ['METRICS', 'RUN_COLUMNS', 'GROUP_TITLES', 'FAKE_BANNER', 'PAPER_TITLES', 'OTHER_DATASETS', 'FIGURE_LOSSES', 'COLORS',
-           'LABELS', 'data_file', 'load_paper', 'printed_table', 'load_published', 'load_runs', 'posthoc_top1',
-           'row_recipe', 'row_runs', 'left_out', 'mean_std', 'fmt_ms', 'fmt_diff', 'seed_values', 'paper_vs_ours',
-           'to_markdown', 'paper_markdown', 'benchmark_table', 'benchmark_markdown', 'write_table', 'recipe_line',
-           'tables_for', 'build_tables', 'set_style', 'save_figure', 'figure_arch', 'runs_of', 'named_classes',
-           'rule_classes', 'figure1_classes', 'figure1_table', 'fig_per_class', 'fig_qf_vs_ldam', 'probability_shares',
-           'fig_true_class_prob', 'factor_history', 'factor_summary', 'fig_factors', 'build_figures']
+           'LABELS', 'data_file', 'load_paper', 'printed_table', 'load_published', 'load_runs', 'check_params',
+           'posthoc_top1', 'row_recipe', 'row_runs', 'left_out', 'mean_std', 'fmt_ms', 'fmt_diff', 'seed_values',
+           'paper_vs_ours', 'to_markdown', 'paper_markdown', 'benchmark_table', 'benchmark_markdown', 'write_table',
+           'recipe_line', 'tables_for', 'build_tables', 'set_style', 'save_figure', 'figure_arch', 'runs_of',
+           'named_classes', 'rule_classes', 'figure1_classes', 'figure1_table', 'fig_per_class', 'fig_qf_vs_ldam',
+           'probability_shares', 'fig_true_class_prob', 'factor_history', 'factor_summary', 'fig_factors',
+           'build_figures']
 
 # %% ../nbs/06_report.ipynb #f1f7d560
 METRICS = ('many', 'medium', 'few', 'all')
@@ -93,6 +94,17 @@ def load_runs(runs_dir, allow_fake: bool = False) -> pd.DataFrame:
                              f"allow_fake=True to make tables from fake runs")
         lines.append(line)
     return pd.DataFrame(lines, columns=RUN_COLUMNS)
+
+def check_params(params) -> dict:
+    "The training parameters (the sweep's --param values) whose runs a table or figure shows: a dict, or None."
+    if params is None: return {}
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict of training parameters, given to papermill with -y, e.g. "
+                         f"-y 'params: {{epochs: 2}}'; got {params!r}")
+    from ala_paper.train import PARAM_NAMES
+    unknown = [k for k in params if k not in PARAM_NAMES]
+    if unknown: raise ValueError(f"params: unknown parameter {unknown[0]!r}; valid parameters: {', '.join(PARAM_NAMES)}")
+    return params
 
 # %% ../nbs/06_report.ipynb #87e21754
 def posthoc_top1(res: dict, folder=None, tau: float = 1.0) -> tuple:
@@ -385,21 +397,22 @@ def tables_for(dataset=None, runs=None) -> list:
 
 def build_tables(runs_dir, out_dir, dataset=None, allow_fake: bool = False, params=None) -> dict:
     "Write the tables of `dataset` (None: all; runs of `params`) as Markdown and CSV into `out_dir`."
-    runs = load_runs(runs_dir, allow_fake)
-    notes, mds = [], {}
+    params, runs = check_params(params), load_runs(runs_dir, allow_fake)
+    notes, mds, frames = [], {}, {}
     if runs.empty: print(f"no runs under {runs_dir}: our columns are all '-'")
     used = {}
-    for name in tables_for(dataset, runs):
+    for name in tables_for(dataset, runs):   # every table is made before any file is written
         bench = name.startswith('benchmark_')
         frame, head, md = (_bench_section if bench else _paper_section)(name.removeprefix('benchmark_'), runs, params)
         if frame.fake.any(): head = FAKE_BANNER + '\n\n' + head
-        write_table(frame, md, out_dir, name, head)
-        mds[name] = head + '\n\n' + md
+        frames[name], mds[name] = (frame, md, head), head + '\n\n' + md
         used.setdefault(name.removeprefix('benchmark_') if bench else TABLES[name].dataset, set()).update(_used(frame))
     for on, paths in used.items(): notes += left_out(runs, on, paths, f'tables of {on}', params)
+    out_dir = folder_for(out_dir, 'out_dir')
+    for name, (frame, md, head) in frames.items(): write_table(frame, md, out_dir, name, head)
     body = '\n\n'.join(mds.values()) + ''.join(f'\n\n- note: {n}' for n in dict.fromkeys(notes))
     summary = 'tables.md' if dataset is None else f'tables_{dataset}.md'
-    (Path(out_dir)/summary).write_text('# Tables rebuilt from runs\n\n' + body + '\n')
+    (out_dir/summary).write_text('# Tables rebuilt from runs\n\n' + body + '\n')
     for note in dict.fromkeys(notes): print('note:', note)
     return mds
 
@@ -658,22 +671,25 @@ def build_figures(runs_dir, out_dir, dataset: str = 'synthetic-lt', arch=None, a
     if arch is not None and arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or dpi != int(dpi) or dpi < 20:
         raise ValueError(f"dpi must be a whole number >= 20, got {dpi!r}")
+    params = check_params(params)
     set_style()
     arch = arch or figure_arch(dataset)
     by_loss = runs_of(load_runs(runs_dir, allow_fake), dataset, FIGURE_LOSSES, arch, params)
     fake = any(r.get('fake') for rs in by_loss.values() for r in rs)
     where = f"on {dataset}, {arch}" + (' (FAKE runs)' if fake else '')
     suffix = f'{dataset}' + ('' if arch == figure_arch(dataset) else f'_{arch}')
-    made = {}
+    drawn = []
     for name, draw, numbers, numbers_name in _figure_specs(by_loss, figure1_classes(by_loss), where):
-        fig = draw()
+        fig = draw()   # every figure is drawn before any file is written
         if fig is None:
             print(f"{name.split('_')[0]}: skipped, no {dataset} {arch} runs of the needed losses under {runs_dir}")
             continue
+        drawn.append((name, fig, numbers_name, numbers() if numbers else pd.DataFrame()))
+    out_dir, made = folder_for(out_dir, 'out_dir'), {}
+    for name, fig, numbers_name, frame in drawn:
         made[f'{name}_{suffix}'] = save_figure(fig, out_dir, f'{name}_{suffix}', int(dpi))
         plt.close(fig)
-        frame = numbers() if numbers else pd.DataFrame()
         if not frame.empty:
-            made[f'{numbers_name}_{suffix}'] = [Path(out_dir)/f'{numbers_name}_{suffix}.csv']
+            made[f'{numbers_name}_{suffix}'] = [out_dir/f'{numbers_name}_{suffix}.csv']
             frame.to_csv(made[f'{numbers_name}_{suffix}'][0], index=False, float_format='%.4g')
     return made
