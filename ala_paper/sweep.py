@@ -14,7 +14,7 @@ from .core import CHECKPOINT, RESULTS, USER_MISTAKES, folder_for, project_root
 __all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'Row', 'TableSpec', 'table_rows', 'recipe_keys',
            'with_absent', 'default_params', 'recipe_of', 'same_recipe', 'recipe_tag', 'run_dir', 'run_state',
            'finished_runs', 'Planned', 'table_archs', 'training_rows', 'plan', 'train_notebook', 'papermill_command',
-           'run_papermill', 'sweep', 'cli_parser', 'main']
+           'Indented', 'run_papermill', 'sweep', 'cli_parser', 'main']
 
 # %% ../nbs/05_sweep.ipynb #36e4a347
 PRESET = 'preset'   # a row parameter's value meaning "the dataset preset's value" (CE + DRW's drw_epoch)
@@ -252,15 +252,24 @@ def papermill_command(entry: Planned, notebook=None) -> str:
         args.append(f'-p {name} {value}' if plain else f'-y {shlex.quote(json.dumps({name: value}))}')
     return f"papermill {notebook or train_notebook()} {entry.out_dir/'train.ipynb'} {' '.join(args)}"
 
-def run_papermill(entry: Planned, notebook=None, log_output=False):
-    "Execute the training notebook for one entry (resuming when a checkpoint exists)."
+class Indented:
+    "A text stream that writes into `out` with every line indented: a run's own lines under the sweep's."
+    def __init__(self, out, indent: str = '    '): self.out, self.indent, self.at_start = out, indent, True
+    def write(self, text: str):
+        for part in text.splitlines(keepends=True):
+            self.out.write((self.indent if self.at_start else '') + part)
+            self.at_start = part.endswith('\n')
+    def flush(self): self.out.flush()
+
+def run_papermill(entry: Planned, notebook=None, echo=None):
+    "Execute the training notebook for one entry (resuming when a checkpoint exists); `echo`: where its prints go."
     import papermill as pm
     entry.out_dir.mkdir(parents=True, exist_ok=True)
     params = {**_papermill_params(entry), 'out_dir': str(entry.out_dir.resolve()), 'resume': entry.state == 'resume'}
     sweep_record = {'params': entry.params, 'table': entry.table, 'row': entry.row, 'arch': entry.arch}
     (entry.out_dir/'sweep.json').write_text(json.dumps(sweep_record, indent=1))
     pm.execute_notebook(str(notebook or train_notebook()), str(entry.out_dir/'train.ipynb'), parameters=params,
-                        kernel_name='python3', progress_bar=False, log_output=log_output)
+                        kernel_name='python3', progress_bar=False, stdout_file=echo)
 
 # %% ../nbs/05_sweep.ipynb #00995d0a
 def _last_line(ex: Exception) -> str:
@@ -283,14 +292,14 @@ def _run_one(entry: Planned, name: str, runner, log):
     elif entry.seconds: log(f"{name}: no {RESULTS} after {entry.seconds:.0f} s")
 
 def sweep(table: str, dataset=None, seeds=(0,), runs_dir='runs', rows=None, params=None, backbones=None,
-          notebook=None, runner=None, dry_run=False, log=print) -> list:
-    "Run every (row, backbone, seed) of `table` that is not finished yet; returns the plan with statuses."
+          notebook=None, runner=None, dry_run=False, log=print, echo=None) -> list:
+    "Run every (row, backbone, seed) of `table` not finished yet (`echo`: a stream for each run's per-epoch lines)."
     entries = plan(table, dataset, seeds, runs_dir, rows, params, backbones)
     root = (params or {}).get('data_root')
     if root and not dry_run and not Path(root).expanduser().is_dir():   # (a dry run may plan for another machine)
         raise FileNotFoundError(f"data_root {root} is not a folder here: extract or mount the data first "
                                 f"(data/README.md), or plan with --dry-run")
-    runner = runner or (lambda entry: run_papermill(entry, notebook))
+    runner = runner or (lambda entry: run_papermill(entry, notebook, echo))
     for row in table_rows(table, rows):
         if row.posthoc: log(f"{table}/{row.key}: post-hoc, read from the {row.posthoc} runs (nothing to train)")
     for i, entry in enumerate(entries, 1):
@@ -324,6 +333,7 @@ def cli_parser() -> argparse.ArgumentParser:
                     help='training parameter for every run')
     ap.add_argument('--notebook', default=None, help='training notebook (default nbs/train.ipynb)')
     ap.add_argument('--dry-run', action='store_true', help='print the papermill commands, run nothing')
+    ap.add_argument('--quiet', action='store_true', help="only the sweep's own lines, not each run's line per epoch")
     return ap
 
 def main(argv=None) -> int:
@@ -335,7 +345,8 @@ def main(argv=None) -> int:
         if not notebook.is_file():
             raise FileNotFoundError(f"training notebook {notebook} not found: pass --notebook PATH")
         entries = sweep(args.table, args.dataset, args.seeds, args.runs_dir, args.rows, params, args.backbones,
-                        notebook=notebook, dry_run=args.dry_run, log=lambda m: print(m, flush=True))
+                        notebook=notebook, dry_run=args.dry_run, log=lambda m: print(m, flush=True),
+                        echo=None if args.quiet else Indented(sys.stdout))
     except USER_MISTAKES as ex:
         print(f"error: {_last_line(ex)}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ with open(o/'calls.log', 'a') as f: f.write(f'resume={resume}\\n')
 if resume and not (o/'checkpoint.pt').is_file(): raise ValueError('resume without a checkpoint')
 if loss == os.environ.get('FAKE_TRAIN_FAIL_LOSS'): raise RuntimeError('this run fails on purpose')
 write_fake_run(o, **params)
+print(f'fake epoch 1/1 of {loss}')
 '''
 
 def write_fake_train_notebook(path) -> str:

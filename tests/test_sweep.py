@@ -32,6 +32,7 @@ def test_sweep_runs_skips_resumes_and_shares(tmp_path, fake_nb):
     assert r.returncode == 0, r.stdout + r.stderr
     assert finished(runs) == [f'table3/{k}/resnet152/seed0' for k in ('ala', 'balanced-softmax', 'ce', 'focal')]
     assert 'pc-softmax: post-hoc, read from the ce runs' in r.stdout and '4 ran, 0 skipped, 0 failed' in r.stdout
+    assert '\n    fake epoch 1/1 of ce\n' in r.stdout          # each run's own lines, indented under the sweep's
     assert (runs/'table3/ce/resnet152/seed0/train.ipynb').is_file()
     assert json.loads((runs/'table3/ce/resnet152/seed0/sweep.json').read_text())['arch'] == 'resnet152'
     r = sweep_cli('--table', 'table3', '--seeds', 0, '--runs-dir', runs, '--notebook', fake_nb, cwd=tmp_path)
@@ -40,7 +41,8 @@ def test_sweep_runs_skips_resumes_and_shares(tmp_path, fake_nb):
     o.mkdir(parents=True)
     (o/CHECKPOINT).write_bytes(b'')
     r = sweep_cli('--table', 'table3', '--rows', 'ala', '--seeds', 2, '--runs-dir', runs, '--notebook', fake_nb,
-                  cwd=tmp_path)
+                  '--quiet', cwd=tmp_path)
+    assert 'fake epoch' not in r.stdout
     assert r.returncode == 0 and 'resuming' in r.stdout and (o/'calls.log').read_text() == 'resume=True\n'
 
 def test_table1_runs_both_backbones_and_table4_shares_x50(tmp_path, fake_nb):
