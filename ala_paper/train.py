@@ -486,7 +486,7 @@ def run_banner(run: Run) -> str:
 # %% ../nbs/04_train.ipynb #d1e79894
 def _load_checkpoint(params):
     checkpoint = torch.load(Path(params['out_dir']) / CHECKPOINT, map_location='cpu', weights_only=True)
-    saved = checkpoint['params']
+    saved = with_absent(checkpoint['params'])   # a checkpoint from before a parameter existed had its old value
     for f in fields(Params):
         name = f.name
         if f.metadata['resume'] and name in saved and saved[name] != params[name]:

@@ -248,6 +248,11 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
     train(epochs=1, out_dir=tmp_path, verbose=False)
     with pytest.raises(ValueError, match="made with loss='ala', not 'ldam'"):
         train(epochs=2, loss='ldam', out_dir=tmp_path, resume=True, verbose=False)
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)   # as written before `warmup` existed: per step
+    del ckpt['params']['warmup']
+    torch.save(ckpt, tmp_path / CHECKPOINT)
+    with pytest.raises(ValueError, match="made with warmup='step', not 'epoch'"):
+        train(epochs=2, warmup='epoch', out_dir=tmp_path, resume=True, verbose=False)
 
 
 # --- bad input -----------------------------------------------------------------------------------------
