@@ -19,7 +19,7 @@ def chain(dataset: str) -> list:
     return [l for l in block.splitlines() if l.strip() and not l.startswith('#')]
 
 def localise(tokens: list, tmp: Path, fake_nb: str, few_rows: bool) -> list:
-    "The command with runs/, figures/ and /data/ under `tmp`, one seed, and the fake training notebook."
+    "The command with runs/, figures/ and /data/ under `tmp` (data folders made, empty), one seed, the fake notebook."
     out, in_seeds = [], False
     for token in tokens:
         if in_seeds and token.isdigit():
@@ -28,6 +28,8 @@ def localise(tokens: list, tmp: Path, fake_nb: str, few_rows: bool) -> list:
         in_seeds = token == '--seeds'
         if token in ('runs', 'figures') or token.startswith(('runs/', 'figures/')): token = str(tmp/token)
         out.append(token.replace('/data/', f'{tmp}/data/'))
+        if out[-1].startswith('data_root='):   # the sweep wants the folder to exist; the fake runs never read it
+            Path(out[-1].split('=', 1)[1]).mkdir(parents=True, exist_ok=True)
     if out[:3] == ['python', '-m', 'ala_paper.sweep']:
         return [sys.executable, *out[1:], '--notebook', fake_nb, *(FEW_ROWS if few_rows else [])]
     assert out[0] == 'papermill', out
