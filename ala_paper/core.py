@@ -4,12 +4,12 @@
 
 # %% ../nbs/00_core.ipynb #651ad3cb
 from __future__ import annotations
-import json, math, os, subprocess
+import difflib, json, math, os, subprocess
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known',
-           'is_missing', 'error_line', 'notebook_params', 'one_line_errors']
+           'is_missing', 'error_line', 'notebook_params', 'check_names', 'one_line_errors']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -78,9 +78,16 @@ def notebook_params(names: dict, valid, also=()) -> dict:
     ipython_own = getattr(_shell(), 'user_ns_hidden', {})   # In, Out, exit, ... of the running kernel
     unknown = [k for k, v in names.items() if not k.startswith('_') and isinstance(v, _LITERALS)
                and k not in valid and k not in also and k not in ipython_own]
-    if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join((*also, *valid))}")
+    check_names(unknown, (*also, *valid))
     return {k: names[k] for k in valid if k in names}
+
+def check_names(names, valid, prefix: str = ''):
+    "Stop at the first of `names` not in `valid`, in one line (after `prefix`): it, the nearest valid name, all of them."
+    unknown = [k for k in names if k not in valid]
+    if not unknown: return
+    near = difflib.get_close_matches(str(unknown[0]), list(map(str, valid)), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ''
+    raise ValueError(f"{prefix}unknown parameter {unknown[0]!r}{hint}; valid parameters: {', '.join(map(str, valid))}")
 
 def _shell():
     "The running IPython shell, or None."

@@ -20,7 +20,7 @@ __all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'DRAW
            'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb', 'ArrayDataset', 'decode_images',
            'ArrayBatches', 'EncodedImages', 'collate_encoded', 'random_resized_box', 'DeviceDecoder', 'read_split_list',
            'check_files_exist', 'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts',
-           'long_tail_select', 'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders',
+           'check_draw', 'long_tail_select', 'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders',
            'synthetic_layout', 'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
@@ -412,6 +412,12 @@ def cifar_lt_counts(n_max: int, num_classes: int, imbalance_ratio: float = 100) 
 
 DRAWS = ('random', 'ldam')
 
+def check_draw(dataset: str, draw: str):
+    "A CIFAR-LT draw other than 'random' only for CIFAR-LT: the other datasets come with their own subset."
+    if draw != 'random' and not dataset.startswith('cifar'):
+        raise ValueError(f"data_draw {draw!r} chooses a CIFAR-LT subset; {dataset} comes with its own: "
+                         f"leave data_draw at 'random'")
+
 def long_tail_select(labels, counts, seed=0, draw='random') -> np.ndarray:
     "Indices keeping `counts[c]` samples of each class `c`, in class order: seeded at random, or as LDAM-DRW's code."
     if draw not in DRAWS: raise ValueError(f"unknown draw {draw!r}; valid: {', '.join(DRAWS)}")
@@ -667,8 +673,7 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     if synthetic_kw and dataset != 'synthetic-lt':
         raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
-    if draw != 'random' and not dataset.startswith('cifar'):
-        raise ValueError(f"draw (data_draw) {draw!r} chooses a CIFAR-LT subset; {dataset} has its own: use 'random'")
+    check_draw(dataset, draw)
     tname = transform if transform is not None else DEFAULT_TRANSFORM.get(dataset, 'imagenet')
     pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':

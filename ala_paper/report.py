@@ -8,7 +8,7 @@ import csv, json
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from .core import RESULTS, folder_for, is_missing, known, project_root
+from .core import RESULTS, check_names, folder_for, is_missing, known, project_root
 from .losses import ldam_margins, plot_figure2, posthoc_logit_adjust, quantity_factor
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
 from .models import ARCHS
@@ -102,8 +102,7 @@ def check_params(params) -> dict:
         raise ValueError(f"params must be a dict of training parameters, given to papermill with -y, e.g. "
                          f"-y 'params: {{epochs: 2}}'; got {params!r}")
     from ala_paper.train import PARAM_NAMES
-    unknown = [k for k in params if k not in PARAM_NAMES]
-    if unknown: raise ValueError(f"params: unknown parameter {unknown[0]!r}; valid parameters: {', '.join(PARAM_NAMES)}")
+    check_names(params, PARAM_NAMES, prefix='params: ')
     return params
 
 # %% ../nbs/06_report.ipynb #87e21754

@@ -19,22 +19,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .core import (CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, folder_for, git_commit,
+from .core import (CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, check_names, error_line, folder_for, git_commit,
                             known, project_root)
 from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
-                            EncodedImages, collate_encoded, load_dataset)
+                            EncodedImages, check_draw, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import ARCHS, TORCHVISION_ARCHS, build_model
 
 # %% auto #0
-__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param', 'at_least',
-           'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process', 'lr_factor',
-           'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'seed_of',
-           'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint',
-           'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
-           'top1_now', 'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main',
-           'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
+__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
+           'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
+           'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env',
+           'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore',
+           'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits',
+           'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser',
+           'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -68,6 +68,7 @@ def at_least(lo): return (lambda v: v >= lo, f'an integer >= {lo}')
 POSITIVE = (lambda v: v > 0, 'a positive number')
 NON_NEGATIVE = (lambda v: v >= 0, 'a non-negative number')
 WARMUPS = ('step', 'epoch')
+LAST_BATCH = ('drop', 'keep')
 
 @dataclass
 class Params:
@@ -96,6 +97,8 @@ class Params:
     batch_size: int = param(None, 'global batch, split over processes and grad_accum micro-batches', recipe=True,
                             valid=at_least(1))
     grad_accum: int = param(1, 'micro-batches per optimiser step: batch_size in less memory', valid=at_least(1))
+    last_batch: str = param('drop', "each epoch's last incomplete batch: 'drop' it, or 'keep' it as LDAM-DRW's code "
+                            "does", recipe=True, choices=LAST_BATCH, absent='drop')
     lr: float = param(None, "base learning rate (the classifier's)", recipe=True, valid=POSITIVE)
     backbone_lr: float = param(None, "the backbone's learning rate (None: the preset's, else lr)", recipe=True,
                                absent=lambda ran: ran.get('lr'),   # one parameter group at lr, before the split
@@ -197,8 +200,7 @@ def _validated(param_field, value):
 # %% ../nbs/04_train.ipynb #1a0e1a4b
 def resolve_params(**kw) -> dict:
     "Fill every `None` from the dataset preset and validate: one-line ValueErrors, nothing read or written."
-    unknown = sorted(set(kw) - set(PARAM_NAMES))
-    if unknown: raise ValueError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join(PARAM_NAMES)}")
+    check_names(kw, PARAM_NAMES)
     params = {**asdict(Params()), **kw}
     params['amp'] = _AMP.get(params['amp'], params['amp'])
     for name in ('dataset', 'loss'): params[name] = _validated(_FIELDS[name], params[name])
@@ -228,11 +230,11 @@ def _resolve_engine(params):
     if not named and not Path(params['pretrained']).expanduser().is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {params['pretrained']} "
                                 f"(pass an existing state_dict file, 'imagenet', or False)")
-    if params['dataset'] not in ('cifar10-lt', 'cifar100-lt'):
-        params['imbalance_ratio'] = None   # only CIFAR-LT's is a choice
-        if params['data_draw'] != 'random':
-            raise ValueError(f"data_draw {params['data_draw']!r} chooses a CIFAR-LT subset; {params['dataset']} comes "
-                             f"with its own: leave data_draw at 'random'")
+    check_draw(params['dataset'], params['data_draw'])
+    if params['last_batch'] == 'keep' and params['grad_accum'] > 1:
+        raise ValueError(f"last_batch='keep' needs grad_accum=1 (got {params['grad_accum']}): a last group of unequal "
+                         f"micro-batches would weight its images unequally")
+    if params['dataset'] not in ('cifar10-lt', 'cifar100-lt'): params['imbalance_ratio'] = None   # only CIFAR-LT's
     if params['device'] is None and params['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
         raise ValueError(f"{params['dataset']} trains {params['arch']}, which needs a GPU, but torch "
                          f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees none; check nvidia-smi "
@@ -448,8 +450,8 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
                           lr=params['lr'], momentum=params['momentum'], weight_decay=params['weight_decay'])
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=params['seed'])
     micro = params['batch_size'] // (world * params['grad_accum'])
-    batches = make_batches(data.train, micro, sampler, params['workers'], dev, drop_last=True, seed=params['seed'],
-                           rank=rank, decode_on_device=params['decode_on_device'])
+    batches = make_batches(data.train, micro, sampler, params['workers'], dev, drop_last=params['last_batch'] == 'drop',
+                           seed=params['seed'], rank=rank, decode_on_device=params['decode_on_device'])
     steps = len(batches) // params['grad_accum']
     if steps == 0:
         raise ValueError(f"{len(data.train)} training images make no full batch of {params['batch_size']}: "
@@ -648,7 +650,7 @@ def run_epochs(run: Run):
     "Every epoch not done yet: train it, test it if due (`eval_every`), checkpoint it, log it."
     params = run.params
     bars = bool(params['progress'] if params['progress'] is not None else sys.stderr.isatty()) and run.rank == 0
-    per_epoch = len(run.batches) // params['grad_accum'] * params['batch_size']
+    per_epoch = min(len(run.batches) // params['grad_accum'] * params['batch_size'], len(run.data.train))
     epoch_bar = tqdm(total=params['epochs'], initial=run.start, desc='epochs', unit='epoch', disable=not bars,
                      dynamic_ncols=True)
     for epoch in range(run.start, params['epochs']):
@@ -878,9 +880,8 @@ if __name__ == '__main__': main()
 def cli_args(**kw) -> list:
     "Command-line options of `python -m ala_paper.train` for the `train()` keyword arguments `kw` (None: left out)."
     args = []
+    check_names(kw, PARAM_NAMES)
     for name, value in kw.items():
-        if name not in _FIELDS:
-            raise ValueError(f"unknown parameter {name!r}; valid parameters: {', '.join(PARAM_NAMES)}")
         if value is None: continue
         if isinstance(value, (list, tuple)): value = ','.join(map(str, value))
         elif isinstance(value, dict): value = json.dumps(value)

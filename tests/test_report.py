@@ -182,7 +182,7 @@ def test_papermill_tables_and_figures_mistakes_end_in_one_line(tmp_path):
     "papermill on tables.ipynb / figures.ipynb: a misspelt -p, a missing runs folder, a bad value; one line each, no output."
     import os, subprocess
     env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'}
-    for nb, args, want in (('tables', ['-p', 'run_dir', 'runs'], "error: unknown parameter 'run_dir'; valid parameters: runs_dir"),
+    for nb, args, want in (('tables', ['-p', 'run_dir', 'runs'], "error: unknown parameter 'run_dir' (did you mean 'runs_dir'?); valid parameters: runs_dir"),
                            ('tables', ['-p', 'runs_dir', str(tmp_path/'typo')], 'typo does not exist: give the folder'),
                            ('figures', ['-p', 'arch', 'resnet9'], "error: unknown arch 'resnet9'")):
         r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT/'nbs'/f'{nb}.ipynb'), str(tmp_path/'o.ipynb'),

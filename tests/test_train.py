@@ -73,7 +73,7 @@ def test_notebook_raises_the_same_error(tmp_path):
 def test_papermill_mistakes_end_in_one_line(tmp_path):
     "From papermill's command line, a misspelt `-p` name and a bad value each end the run with one `error:` line."
     run, out = tmp_path / 'run', tmp_path / 'o.ipynb'
-    for args, want in ((['-p', 'epoch', '3'], "error: unknown parameter 'epoch'; valid parameters: nproc, dataset"),
+    for args, want in ((['-p', 'epoch', '3'], "error: unknown parameter 'epoch' (did you mean 'epochs'?); valid parameters: nproc, dataset"),
                        (['-p', 'epochs', 'abc'], "error: epochs must be an integer >= 1, got 'abc'"),
                        (['-p', 'nproc', '0'], "error: nproc must be an integer >= 1 (training processes")):
         r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'train.ipynb'), str(out),
