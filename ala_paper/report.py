@@ -608,7 +608,7 @@ def fig_true_class_prob(by_loss: dict, title: str = ''):
 # %% ../nbs/06_report.ipynb #8e88b199
 def factor_history(results: list, group: str, key: str) -> tuple:
     "(epochs, mean, std) over seeds of one factor ('df', 'qf', 'a') of one shot group."
-    series = [[(h.get('factors') or {}).get(group, {}).get(key, np.nan) for h in r['history']] for r in results]
+    series = [[((h.get('factors') or {}).get(group) or {}).get(key, np.nan) for h in r['history']] for r in results]
     length = min(len(s) for s in series)
     values = np.array([s[:length] for s in series], dtype=float)
     epochs = np.array([h['epoch'] for h in results[0]['history'][:length]])
