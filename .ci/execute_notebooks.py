@@ -173,7 +173,10 @@ def execute(path: Path, skip=(), timeout=None) -> None:
 
 
 def clean(path: Path) -> None:
-    subprocess.run(["nbdev_clean", "--fname", str(path.resolve())], check=True, cwd=path.resolve().parent)
+    # the nbdev_clean beside this interpreter, so that `.venv/bin/python .ci/...` works without activating the venv
+    beside = Path(sys.executable).with_name("nbdev_clean")
+    exe = str(beside) if beside.exists() else "nbdev_clean"
+    subprocess.run([exe, "--fname", str(path.resolve())], check=True, cwd=path.resolve().parent)
 
 
 def main():
