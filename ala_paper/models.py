@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'exact_fp32', 'CosineClassifier', 'BasicBlock', 'CifarResNet', 'LTNet',
-           'load_backbone_weights', 'imagenet_weights', 'weights_file', 'build_model']
+__all__ = ['INITS', 'CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'exact_fp32', 'CosineClassifier', 'BasicBlock', 'CifarResNet',
+           'LTNet', 'load_backbone_weights', 'imagenet_weights', 'weights_file', 'check_init', 'build_model']
 
 # %% ../nbs/01_models.ipynb #a94a7fe2
 @contextmanager
@@ -61,9 +61,16 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 # %% ../nbs/01_models.ipynb #da36f7ef
+INITS = ('fan_out', 'ldam')   # see "Initialisation" below
+
+def _init_mode(init: str) -> str:
+    "Kaiming's scaling for `init`: 'fan_out' (ours, torchvision's) or 'fan_in' ('ldam': LDAM-DRW's `_weights_init`)."
+    if init not in INITS: raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    return 'fan_out' if init == 'fan_out' else 'fan_in'
+
 class CifarResNet(nn.Module):
     "ResNet-(6n+2) for small images (He et al. 2016, Sec. 4.2), as used by LDAM on CIFAR-LT; returns 64-d features."
-    def __init__(self, depth: int = 32, widths=(16, 32, 64)):
+    def __init__(self, depth: int = 32, widths=(16, 32, 64), init: str = 'fan_out'):
         super().__init__()
         if (depth - 2) % 6: raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 20, 32, 56, ...), got {depth}")
         blocks_per_stage = (depth - 2) // 6
@@ -76,8 +83,9 @@ class CifarResNet(nn.Module):
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.out_features = cin
+        mode = _init_mode(init)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity='relu')
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
@@ -99,10 +107,10 @@ class LTNet(nn.Module):
     def forward(self, x): return self.head(self.backbone(x))
 
 # %% ../nbs/01_models.ipynb #dab76bc3
-def _make_backbone(arch: str):
+def _make_backbone(arch: str, init: str = 'fan_out'):
     "The backbone for `arch` and its feature dimension."
     if arch in CIFAR_DEPTHS:
-        net = CifarResNet(CIFAR_DEPTHS[arch])
+        net = CifarResNet(CIFAR_DEPTHS[arch], init=init)
         return net, net.out_features
     import torchvision  # imported on demand: it takes seconds, and the CIFAR nets do not need it
     net = getattr(torchvision.models, arch)(weights=None)
@@ -172,12 +180,22 @@ def _pretrained_state_dict(arch: str, pretrained, download: bool = False):
     return torch.load(path, map_location='cpu', weights_only=True), str(path)
 
 # %% ../nbs/01_models.ipynb #0fd96c37
-def build_model(arch: str, num_classes: int, cosine: bool, pretrained=None, download: bool = False) -> LTNet:
+def check_init(arch: str, init: str):
+    "Refuse an unknown `init`, and 'ldam' (LDAM-DRW's CIFAR ResNets' initialisation) on a torchvision backbone."
+    _init_mode(init)
+    if init != 'fan_out' and arch not in CIFAR_DEPTHS:
+        raise ValueError(f"init={init!r} is LDAM-DRW's initialisation of its CIFAR ResNets; {arch} keeps torchvision's "
+                         f"(leave init at 'fan_out')")
+
+def build_model(arch: str, num_classes: int, cosine: bool, pretrained=None, download: bool = False,
+                init: str = 'fan_out') -> LTNet:
     "Backbone `arch` (one of `ARCHS`) + cosine (eq. 5) or linear head for `num_classes`; optional pretrained backbone."
     if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
     if num_classes < 1: raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    backbone, dim = _make_backbone(arch)
+    check_init(arch, init)
+    backbone, dim = _make_backbone(arch, init)
     if pretrained not in (None, False, ''):
         load_backbone_weights(backbone, *_pretrained_state_dict(arch, pretrained, download))
     head = CosineClassifier(dim, num_classes) if cosine else nn.Linear(dim, num_classes)
+    if init == 'ldam' and not cosine: nn.init.kaiming_normal_(head.weight, mode='fan_in', nonlinearity='relu')
     return LTNet(backbone, head)

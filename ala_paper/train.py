@@ -25,7 +25,7 @@ from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches,
                             EncodedImages, check_draw, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
-from .models import ARCHS, TORCHVISION_ARCHS, build_model
+from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init
 
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
@@ -92,6 +92,8 @@ class Params:
     arch: str = param(None, 'backbone: ' + ', '.join(ARCHS), recipe=True, choices=ARCHS)
     pretrained: str | bool = param(None, "IMAGENET1K_V1 (= 'imagenet'), IMAGENET1K_V2, a state_dict file, or false",
                                    recipe=True, resume=False)
+    init: str = param('fan_out', "CIFAR ResNet initialisation: Kaiming 'fan_out' (ours), or 'ldam' (fan-in, and on "
+                      "CE's linear head too, as LDAM-DRW's code does)", recipe=True, choices=INITS, absent='fan_out')
     # the schedule
     epochs: int = param(None, 'passes over the training data', recipe=True, resume=False, valid=at_least(1))
     batch_size: int = param(None, 'global batch, split over processes and grad_accum micro-batches', recipe=True,
@@ -231,6 +233,7 @@ def _resolve_engine(params):
         raise FileNotFoundError(f"pretrained weights file not found: {params['pretrained']} "
                                 f"(pass an existing state_dict file, 'imagenet', or False)")
     check_draw(params['dataset'], params['data_draw'])
+    check_init(params['arch'], params['init'])
     if params['last_batch'] == 'keep' and params['grad_accum'] > 1:
         raise ValueError(f"last_batch='keep' needs grad_accum=1 (got {params['grad_accum']}): a last group of unequal "
                          f"micro-batches would weight its images unequally")
@@ -810,7 +813,7 @@ def _build_model(params, data, rank, world):
     torch.manual_seed(params['seed'])
     if rank > 0: dist.barrier()
     model = build_model(params['arch'], data.num_classes, cosine=params['cosine'], pretrained=params['pretrained'],
-                        download=params['download'])
+                        download=params['download'], init=params['init'])
     if rank == 0 and world > 1: dist.barrier()
     return model
 
