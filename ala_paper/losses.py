@@ -127,7 +127,7 @@ class _LongTailLoss(nn.Module):
         if self.weight is None: return None
         if self.weight.numel() != self.num_classes:
             raise ValueError(f"weight has {self.weight.numel()} entries but there are {self.num_classes} classes")
-        return self.weight.to(like.device)
+        return self.weight.to(like.device, like.dtype)   # float64 logits (reference runs) take float64 weights
 
 # %% ../nbs/00_losses.ipynb #a92aeca2
 class LDAMLoss(_LongTailLoss):

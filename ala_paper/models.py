@@ -27,7 +27,7 @@ def exact_fp32():
     finally: matmul.allow_tf32 = tf32
 
 class CosineClassifier(nn.Module):
-    "Bias-free linear layer on L2-normalised features and class vectors: cos θ in [-1, 1] (eq. 5), in float32."
+    "Bias-free linear layer on L2-normalised features and class vectors: cos θ in [-1, 1] (eq. 5), in float32 at least."
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.in_features, self.num_classes = in_features, num_classes
@@ -36,7 +36,8 @@ class CosineClassifier(nn.Module):
 
     def forward(self, x):
         with exact_fp32():
-            return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+            dtype = torch.promote_types(x.dtype, torch.float32)   # bf16/fp16 features: float32; float64 stays
+            return F.linear(F.normalize(x.to(dtype), dim=1), F.normalize(self.weight.to(dtype), dim=1))
 
     def extra_repr(self): return f"in_features={self.in_features}, num_classes={self.num_classes}"
 

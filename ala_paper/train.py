@@ -6,8 +6,8 @@
 from __future__ import annotations
 import os
 if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
-import argparse, inspect, json, math, platform, random, subprocess, sys, time
-from contextlib import nullcontext
+import argparse, copy, inspect, json, math, platform, random, subprocess, sys, time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -30,11 +30,12 @@ from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
            'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
-           'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env',
-           'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup', 'run_banner', 'restore',
-           'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits',
-           'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate', 'write_results', 'train', 'cli_parser',
-           'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
+           'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
+           'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup',
+           'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs',
+           'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate', 'write_results',
+           'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead',
+           'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -122,7 +123,7 @@ class Params:
     device: str = param(None, 'cpu or cuda (None: cuda when available)')
     amp: str = param(None, 'mixed precision on CUDA: bf16, fp16 or off (None: bf16 where native, else fp16)',
                      choices=('bf16', 'fp16', 'off'))
-    channels_last: bool = param(None, 'NHWC memory layout (None: on; faster on GPUs and CPUs)')
+    channels_last: bool = param(None, 'NHWC memory layout (None: on CUDA only; on the CPU its float32 BatchNorm is 10x less exact)')
     compile: bool = param(False, 'torch.compile the model')
     deterministic: bool = param(False, 'deterministic algorithms (slower)')
     workers: int = param(None, "data-loading processes per training process (None: the preset's, at most the CPUs)",
@@ -245,7 +246,7 @@ def _resolve_engine(params):
                          f"anyway (days)")
     params['device'] = _resolve_device(params['device'])
     if params['amp'] is None: params['amp'] = auto_amp() if params['device'] == 'cuda' else 'off'
-    if params['channels_last'] is None: params['channels_last'] = True   # faster on CUDA and, measured, on the CPU too
+    if params['channels_last'] is None: params['channels_last'] = params['device'] == 'cuda'   # CPU: see 'channels_last'
     if params['decode_on_device'] and params['transform'] != 'imagenet':
         raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or "
                          "decode_on_device=False")
@@ -277,6 +278,34 @@ def _resolve_device(device):
     if parsed.type not in ('cpu', 'cuda'):
         raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or None (automatic)")
     return parsed.type
+
+# %% ../nbs/04_train.ipynb #f38c22c6
+def layout_gradient_error(channels_last: bool, arch='resnet32', batch_size=128, device='cpu', seed=0) -> dict:
+    "Relative error of one float32 step's gradients (conv, BN, head) and BN running variances against float64."
+    torch.manual_seed(seed)
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]   # CIFAR-10-LT's classes
+    model, crit = build_model(arch, len(counts), cosine=True, init='ldam'), make_loss('ldam', counts).to(device)
+    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, len(counts), (batch_size,))
+    def kind(name, p): return 'head' if name.startswith('head') else 'conv' if p.dim() == 4 else 'bn'
+    def grads(dtype, layout):
+        m = copy.deepcopy(model).to(device, dtype).to(memory_format=layout).train()
+        crit(m(x.to(device, dtype).contiguous(memory_format=layout)), y.to(device)).backward()
+        out = {}
+        for name, p in m.named_parameters(): out.setdefault(kind(name, p), []).append(p.grad.flatten())
+        out['bn running var'] = [b.flatten() for n, b in m.named_buffers() if n.endswith('running_var')]
+        return {k: torch.cat(v).double().cpu() for k, v in out.items()}
+    with _no_tf32():
+        ref = grads(torch.float64, torch.contiguous_format)
+        got = grads(torch.float32, torch.channels_last if channels_last else torch.contiguous_format)
+    return {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}
+
+@contextmanager
+def _no_tf32():
+    "TF32 off for convolutions and matmuls inside: float32 means IEEE float32 on a GPU too."
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try: yield
+    finally: torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 # %% ../nbs/04_train.ipynb #d4aeed07
 def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float,
@@ -587,7 +616,7 @@ def _step(run: Run, group: list, prep, sums, meter=None):
             x = prep(x)
             with _autocast(run.amp_dtype):
                 out = run.model(x)
-            loss = run.crit(out.float(), y)
+            loss = run.crit(out.to(torch.promote_types(out.dtype, torch.float32)), y)   # AMP: float32; float64 stays
             share = batch_share(loss, weight, y, total, parts, run.world)
             (run.scaler.scale(share) if run.scaler is not None else share).backward()
         _tally(sums, meter, run.crit, out, y, loss)
@@ -917,10 +946,10 @@ def run_torchrun(nproc: int, **kw) -> dict:
 
 # %% ../nbs/04_train.ipynb #c5204d53
 def _bare_loop(params, data, epochs):
-    "Images/s of a hand-written loop over the in-memory uint8 images (batch crop + flip, channels_last)."
+    "Images/s of a hand-written loop over the in-memory uint8 images (batch crop + flip, `train()`'s layout)."
     torch.manual_seed(params['seed'])
-    model = build_model(params['arch'], data.num_classes, cosine=params['cosine'])
-    model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if params['channels_last'] else torch.contiguous_format
+    model = build_model(params['arch'], data.num_classes, cosine=params['cosine']).to(memory_format=layout)
     crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
     groups = [dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
               dict(params=model.head.parameters())]
@@ -940,7 +969,7 @@ def _bare_loop(params, data, epochs):
             x = torch.stack([padded[b, :, top[b]:top[b] + size, left[b]:left[b] + size] for b in range(batch_size)])
             mirror = torch.rand(batch_size) < 0.5
             x[mirror] = x[mirror].flip(3)
-            x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=torch.channels_last)
+            x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=layout)
             loss = crit(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ala_paper.data import ImageListDataset, make_transforms
 from ala_paper.losses import make_loss
 from ala_paper.models import build_model
-from ala_paper.train import _photo_tree, auto_amp, git_commit, make_batches, project_root, train
+from ala_paper.train import _photo_tree, auto_amp, git_commit, layout_gradient_error, make_batches, project_root, train
 
 ROOT = project_root()
 CHECKS = []
@@ -92,6 +92,17 @@ def cosine_head_precision(dev, quick):
         assert head_err < 1e-3 and loss_rel < 1e-3, out
         # end_to_end_*: the 16-bit backbone's own rounding (features differ before the head); reported, not asserted
     return out
+
+
+@check
+def channels_last_as_exact(dev, quick):
+    "channels_last is on by default on CUDA: its float32 step must be about as exact as the contiguous one."
+    needs_cuda(dev)   # on this project's CPUs it is not (BatchNorm ~10x, running stats ~100x): off there by default
+    kw = dict(arch='resnet8' if quick else 'resnet32', batch_size=32 if quick else 128, device=dev)
+    off, on = layout_gradient_error(False, **kw), layout_gradient_error(True, **kw)
+    ratio = {k: on[k] / off[k] for k in off}
+    assert all(r < 4 for r in ratio.values()), dict(contiguous=off, channels_last=on)
+    return dict(contiguous=off, channels_last=on, ratio=ratio)
 
 
 @check

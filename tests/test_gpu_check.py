@@ -5,7 +5,7 @@ from pathlib import Path
 from ala_paper.train import project_root
 
 ROOT = project_root()
-CUDA_ONLY = {'grad_scaler_skips_inf', 'resnet50_batch512_bf16', 'other_backbones_batch256', 'nccl_ddp_two_gpus'}
+CUDA_ONLY = {'channels_last_as_exact', 'grad_scaler_skips_inf', 'resnet50_batch512_bf16', 'other_backbones_batch256', 'nccl_ddp_two_gpus'}
 
 
 def run(tmp_path, *args):
