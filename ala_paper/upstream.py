@@ -16,7 +16,7 @@ from .metrics import group_accuracy
 # %% auto #0
 __all__ = ['CIFAR10_DIR', 'BATCH_FILES', 'UPSTREAM', 'UPSTREAM_COMMIT', 'CPU_EDITS', 'BOOTSTRAP', 'LOSSES', 'write_cifar_pickles',
            'schedule_edits', 'apply_edits', 'store_name', 'check_pickles', 'run_upstream', 'read_upstream_log',
-           'upstream_results', 'cli_parser', 'upstream', 'main', 'make_fake_ldam_repo']
+           'upstream_results', 'compare_runs', 'cli_parser', 'upstream', 'main', 'make_fake_ldam_repo']
 
 # %% ../nbs/07_upstream.ipynb #68df7134
 CIFAR10_DIR = 'cifar-10-batches-py'
@@ -172,6 +172,34 @@ def upstream_results(records: list, class_counts, class_names, loss: str, seed: 
                 best_test_epoch=dict(epoch=best['epoch'], top1=group_accuracy(best['per_class_acc'], class_counts),
                                      logged_top1=best['top1']),
                 history=[dict(epoch=r['epoch'], test_top1=r['top1']) for r in records])
+
+# %% ../nbs/07_upstream.ipynb #03c858a0
+def _final_best(res: dict) -> tuple:
+    best = res.get('best_test_epoch') or {}
+    return res['top1']['all'], (best.get('top1') or {}).get('all'), best.get('epoch')
+
+def _seed(res: dict) -> int: return int(res['params']['seed'])
+
+def _mean_std(values) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if not len(v): return '-'
+    return f'{v.mean():.2f}' + (f' ± {v.std(ddof=1):.2f}' if len(v) > 1 else '')
+
+def compare_runs(theirs: list, ours: list) -> str:
+    "Markdown: per seed, final and best tested top-1 of their code and ours; mean ± std; ours − theirs."
+    t, o = {_seed(r): _final_best(r) for r in theirs}, {_seed(r): _final_best(r) for r in ours}
+    fmt = lambda v: '-' if v is None else f'{v:.2f}'
+    lines = ['| seed | theirs, final | theirs, best (epoch) | ours, final | ours, best (epoch) | ours − theirs, final |',
+             '|---|---|---|---|---|---|']
+    for s in sorted(set(t) | set(o)):
+        (tf, tb, te), (of, ob, oe) = t.get(s, (None,) * 3), o.get(s, (None,) * 3)
+        diff = f'{of - tf:+.2f}' if tf is not None and of is not None else '-'
+        lines.append(f'| {s} | {fmt(tf)} | {fmt(tb)} ({te}) | {fmt(of)} | {fmt(ob)} ({oe}) | {diff} |')
+    both = sorted(set(t) & set(o))
+    col = lambda d, i: [v[i] for v in d.values()]
+    lines.append(f'| mean ± std | {_mean_std(col(t, 0))} | {_mean_std(col(t, 1))} | {_mean_std(col(o, 0))} | '
+                 f'{_mean_std(col(o, 1))} | {_mean_std([o[s][0] - t[s][0] for s in both])} |')
+    return '\n'.join(lines)
 
 # %% ../nbs/07_upstream.ipynb #a54d3ad0
 def _git_commit(repo: Path) -> str | None:

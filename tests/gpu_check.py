@@ -97,7 +97,7 @@ def cosine_head_precision(dev, quick):
 @check
 def channels_last_as_exact(dev, quick):
     "channels_last is on by default on CUDA: its float32 step must be about as exact as the contiguous one."
-    needs_cuda(dev)   # on this project's CPUs it is not (BatchNorm ~10x, running stats ~100x): off there by default
+    needs_cuda(dev)   # on this project's CPUs it is not (BatchNorm ~10x, running stats tens of times): off there by default
     kw = dict(arch='resnet8' if quick else 'resnet32', batch_size=32 if quick else 128, device=dev)
     off, on = layout_gradient_error(False, **kw), layout_gradient_error(True, **kw)
     ratio = {k: on[k] / off[k] for k in off}
