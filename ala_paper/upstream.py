@@ -4,13 +4,13 @@
 
 # %% ../nbs/07_upstream.ipynb #f4820d77
 from __future__ import annotations
-import argparse, json, os, pickle, re, shutil, subprocess, sys
+import argparse, pickle, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 
 from .core import atomic_write_json, error_line, folder_for
-from .data import decode_images, read_image_folder
+from .data import _check_class_folders, decode_images, read_image_folder
 from .metrics import group_accuracy
 
 # %% auto #0
@@ -28,11 +28,12 @@ def _dump(obj, path):
 def write_cifar_pickles(image_root, out_root, progress: bool = True) -> Path:
     "`out_root/cifar-10-batches-py/` from `image_root/{train,test}/<class>/*` (class by class, sorted files)."
     image_root, dest = Path(image_root), Path(out_root) / CIFAR10_DIR
+    splits = {split: read_image_folder(image_root / split) for split in ('train', 'test')}
+    _check_class_folders(image_root, 'cifar10-lt', splits['train'][2], splits['test'][2])   # before writing anything
     tmp = dest.with_name(dest.name + '.partial')
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for split in ('train', 'test'):
-        paths, labels, names = read_image_folder(image_root / split)
+    for split, (paths, labels, names) in splits.items():
         x = decode_images(image_root / split, paths, 32, fit=False, desc=f'CIFAR {split} to pickles' if progress else None)
         rows = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), -1)   # CIFAR's R, G, B planes
         parts = np.array_split(np.arange(len(x)), 5) if split == 'train' else [np.arange(len(x))]
@@ -180,20 +181,17 @@ def _final_best(res: dict) -> tuple:
 
 def _seed(res: dict) -> int: return int(res['params']['seed'])
 
-def _mean_std(values) -> str:
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if not len(v): return '-'
-    return f'{v.mean():.2f}' + (f' ± {v.std(ddof=1):.2f}' if len(v) > 1 else '')
-
 def compare_runs(theirs: list, ours: list) -> str:
     "Markdown: per seed, final and best tested top-1 of their code and ours; mean ± std; ours − theirs."
+    from ala_paper.report import fmt_diff, fmt_ms, mean_std   # the tables' own formatting
     t, o = {_seed(r): _final_best(r) for r in theirs}, {_seed(r): _final_best(r) for r in ours}
-    fmt = lambda v: '-' if v is None else f'{v:.2f}'
+    fmt = lambda v: fmt_ms(v, digits=2)
+    _mean_std = lambda values: fmt_ms(*mean_std(values)[:2], digits=2)
     lines = ['| seed | theirs, final | theirs, best (epoch) | ours, final | ours, best (epoch) | ours − theirs, final |',
              '|---|---|---|---|---|---|']
     for s in sorted(set(t) | set(o)):
         (tf, tb, te), (of, ob, oe) = t.get(s, (None,) * 3), o.get(s, (None,) * 3)
-        diff = f'{of - tf:+.2f}' if tf is not None and of is not None else '-'
+        diff = fmt_diff(of - tf if tf is not None and of is not None else None, digits=2)
         lines.append(f'| {s} | {fmt(tf)} | {fmt(tb)} ({te}) | {fmt(of)} | {fmt(ob)} ({oe}) | {diff} |')
     both = sorted(set(t) & set(o))
     col = lambda d, i: [v[i] for v in d.values()]
