@@ -17,12 +17,12 @@ from .sweep import TABLES, Row, with_absent, default_params, recipe_of, same_rec
 # %% auto #0
 __all__ = ['METRICS', 'RUN_COLUMNS', 'GROUP_TITLES', 'FAKE_BANNER', 'PAPER_TITLES', 'OTHER_DATASETS', 'FIGURE_LOSSES', 'COLORS',
            'LABELS', 'data_file', 'load_paper', 'printed_table', 'load_published', 'load_runs', 'check_params',
-           'posthoc_top1', 'row_recipe', 'row_runs', 'left_out', 'mean_std', 'fmt_ms', 'fmt_diff', 'seed_values',
-           'paper_vs_ours', 'to_markdown', 'paper_markdown', 'benchmark_table', 'benchmark_markdown', 'write_table',
-           'recipe_line', 'tables_for', 'build_tables', 'set_style', 'save_figure', 'figure_arch', 'runs_of',
-           'named_classes', 'rule_classes', 'figure1_classes', 'figure1_table', 'fig_per_class', 'fig_qf_vs_ldam',
-           'probability_shares', 'fig_true_class_prob', 'factor_history', 'factor_summary', 'fig_factors',
-           'build_figures']
+           'load_upstream', 'posthoc_top1', 'row_recipe', 'row_runs', 'left_out', 'mean_std', 'fmt_ms', 'fmt_diff',
+           'seed_values', 'paper_vs_ours', 'to_markdown', 'paper_markdown', 'benchmark_table', 'benchmark_markdown',
+           'write_table', 'recipe_line', 'tables_for', 'build_tables', 'set_style', 'save_figure', 'figure_arch',
+           'runs_of', 'named_classes', 'rule_classes', 'figure1_classes', 'figure1_table', 'fig_per_class',
+           'fig_qf_vs_ldam', 'probability_shares', 'fig_true_class_prob', 'factor_history', 'factor_summary',
+           'fig_factors', 'build_figures']
 
 # %% ../nbs/06_report.ipynb #f1f7d560
 METRICS = ('many', 'medium', 'few', 'all')
@@ -83,17 +83,20 @@ def load_runs(runs_dir, allow_fake: bool = False) -> pd.DataFrame:
         raise (NotADirectoryError if runs_dir.exists() else FileNotFoundError)(
             f"runs_dir {runs_dir} {'is a file' if runs_dir.exists() else 'does not exist'}: give the folder the sweep "
             f"wrote the runs into (its --runs-dir), or figures/runs for the committed ones")
-    lines = []
+    lines, damaged = [], []
     for results_file in sorted(runs_dir.rglob(RESULTS)):
         try: line = _run_line(results_file, runs_dir)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{results_file} is not a results.json of ala_paper.train ({type(e).__name__}: {e}); "
-                             f"move it out of {runs_dir}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:   # cut short, corrupt, foreign
+            damaged.append(f"{results_file} left out: not a results.json of ala_paper.train ({type(e).__name__}: "
+                           f"{str(e)[:80]}); re-run that run or move the file out of {runs_dir}")
+            continue
         if line['fake'] and not allow_fake:
             raise ValueError(f"{results_file} is a fake run (a test fixture of ala_paper.fixtures): remove it, or pass "
                              f"allow_fake=True to make tables from fake runs")
         lines.append(line)
-    return pd.DataFrame(lines, columns=RUN_COLUMNS)
+    frame = pd.DataFrame(lines, columns=RUN_COLUMNS)
+    frame.attrs['damaged'] = damaged   # the tables and figures go on with the others and name these in a note
+    return frame
 
 def check_params(params) -> dict:
     "The training parameters (the sweep's --param values) whose runs a table or figure shows: a dict, or None."
@@ -104,6 +107,27 @@ def check_params(params) -> dict:
     from ala_paper.train import PARAM_NAMES
     check_names(params, PARAM_NAMES, prefix='params: ')
     return params
+
+# %% ../nbs/06_report.ipynb #787c89ec
+def _upstream_run(results_file: Path) -> dict:
+    res = json.loads(results_file.read_text())
+    done, planned = int(res['epochs_done']), int(res['params']['epochs'])
+    float(res['top1']['all']), res['dataset']   # the fields the tables read
+    return dict(res, _unfinished=f'epoch {done} of {planned}' if done < planned else '')
+
+def load_upstream(folder) -> tuple:
+    "Finished runs of the authors' code under `folder`/<row>/seed*/: ({row: [results]}, notes on the rest)."
+    runs, notes = {}, []
+    folder = Path(folder)
+    for results_file in sorted(folder.glob(f'*/seed*/{RESULTS}')) if folder.is_dir() else []:
+        try: res = _upstream_run(results_file)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            notes.append(f'{results_file} left out: not a results.json of ala_paper.upstream ({type(e).__name__})')
+            continue
+        if res['_unfinished']: notes.append(f"{results_file.parent} left out: their code is still training "
+                                            f"({res['_unfinished']})")
+        else: runs.setdefault(results_file.parent.parent.name, []).append(res)
+    return runs, notes
 
 # %% ../nbs/06_report.ipynb #87e21754
 def posthoc_top1(res: dict, folder=None, tau: float = 1.0) -> tuple:
@@ -269,7 +293,14 @@ def _paper_gain(paper, counterpart: tuple, metric: str) -> float | None:
             return float(method.iloc[0][metric] - ce.iloc[0][metric])
     return None
 
-def benchmark_table(dataset: str, runs=None, arch=None, paper=None, params=None) -> pd.DataFrame:
+def _theirs(upstream, row: Row, dataset: str) -> dict:
+    "Their code's finished runs of `row` on `dataset`: final top-1 (mean, std), best tested epoch (mean), seeds."
+    theirs = [res for res in (upstream or {}).get(row.key, []) if res['dataset'] == dataset]
+    final, std, n = mean_std([res['top1']['all'] for res in theirs])
+    best, _, _ = mean_std([(res.get('best_test_epoch') or {}).get('top1', {}).get('all') for res in theirs])
+    return dict(theirs_all=final, theirs_all_std=std, theirs_best_all=best, theirs_n=n)
+
+def benchmark_table(dataset: str, runs=None, arch=None, paper=None, params=None, upstream=None) -> pd.DataFrame:
     "Every bench row on `dataset` (runs of `params`): ours (mean ± std), gains over CE, published numbers."
     paper = load_paper() if paper is None else paper
     params = dict(params or {})
@@ -290,7 +321,7 @@ def benchmark_table(dataset: str, runs=None, arch=None, paper=None, params=None)
                           drw_epoch=drw[0] if len(drw) == 1 else None, posthoc=where, fake=bool(selected.fake.any()),
                           paths=' '.join(matching.path), best_all=float(np.mean(best)) if best else np.nan,
                           best_n=len(best),
-                          **_cells('ours_', values),
+                          **_cells('ours_', values), **_theirs(upstream, row, dataset),
                           **{f'paper_gain_{m}': _paper_gain(paper, row.paper, m) for m in METRICS},
                           **{f'published_{m}': published[m].get(row.key) for m in METRICS}))
     frame = pd.DataFrame(lines)
@@ -315,6 +346,10 @@ def benchmark_markdown(frame: pd.DataFrame) -> str:
     if frame.best_all.notna().any():
         out['All, best epoch (test-selected)'] = [_num(x) + ('' if k in (0, n) else f' ({k} of {n} seeds)')
                                                    for x, k, n in zip(frame.best_all, frame.best_n, frame.n)]
+    if frame.theirs_n.sum():
+        out['All, their code on our images (final / best epoch)'] = [
+            f'{fmt_ms(a, s)} / {_num(b)}' + (f' ({n} seeds)' if n > 1 else '') if n else '-'
+            for a, s, b, n in zip(frame.theirs_all, frame.theirs_all_std, frame.theirs_best_all, frame.theirs_n)]
     if frame.published_all.notna().any(): out['All, published'] = [_num(x) for x in frame.published_all]
     return to_markdown(out)
 
@@ -368,8 +403,8 @@ def _paper_section(table, runs, params):
                     for method, source in zip(posthoc.method, posthoc.posthoc))
     return frame, f'{head}{_sweep_line(params)} {recipe_line(runs, _used(frame))}'.strip(), paper_markdown(frame, table)
 
-def _bench_section(dataset, runs, params):
-    frame = benchmark_table(dataset, runs, params=params)
+def _bench_section(dataset, runs, params, upstream=None):
+    frame = benchmark_table(dataset, runs, params=params, upstream=upstream)
     head = (f"### {dataset}: every runnable row (not a dataset of the paper)\n\nOurs: top-1 (%) mean ± std over seeds "
             f"on {dataset}, backbone {frame.arch.iloc[0]}, final epoch. Δ vs CE: ours minus our Cross Entropy / the "
             f"paper's counterpart minus the paper's Cross Entropy (ImageNet-LT ResNeXt-50 where printed; Logit Adjust: "
@@ -383,6 +418,11 @@ def _bench_section(dataset, runs, params):
         head += (" Best epoch (test-selected): the best test top-1 among the epochs tested while training "
                  "(eval_every) and the last, mean over the seeds that tested; it is chosen on the test set, so it is "
                  "optimistic, and is shown only to compare with published numbers chosen the same way.")
+    if frame.theirs_n.sum():
+        commits = sorted({str(res.get('upstream_commit'))[:10] for rows in upstream.values() for res in rows})
+        head += (f" Their code on our images: kaidic/LDAM-DRW's own cifar_train.py (commit {', '.join(commits)}) at "
+                 f"its full protocol, run by ala_paper.upstream on the same image copy (figures/external/README.md); "
+                 f"final epoch / best tested epoch, the number their code reports.")
     return frame, head, benchmark_markdown(frame)
 
 # %% ../nbs/06_report.ipynb #9de9cfb9
@@ -394,15 +434,17 @@ def tables_for(dataset=None, runs=None) -> list:
     others = list(OTHER_DATASETS) + sorted(found - set(OTHER_DATASETS) - {s.dataset for s in TABLES.values()})
     return paper + [f'benchmark_{d}' for d in others]
 
-def build_tables(runs_dir, out_dir, dataset=None, allow_fake: bool = False, params=None) -> dict:
-    "Write the tables of `dataset` (None: all; runs of `params`) as Markdown and CSV into `out_dir`."
+def build_tables(runs_dir, out_dir, dataset=None, allow_fake: bool = False, params=None, upstream_dir=None) -> dict:
+    "Write the tables of `dataset` (None: all; runs of `params`; their code's runs under `upstream_dir`) into `out_dir`."
     params, runs = check_params(params), load_runs(runs_dir, allow_fake)
-    notes, mds, frames = [], {}, {}
+    upstream, notes = load_upstream(upstream_dir) if upstream_dir else ({}, [])
+    notes, mds, frames = runs.attrs['damaged'] + notes, {}, {}
     if runs.empty: print(f"no runs under {runs_dir}: our columns are all '-'")
     used = {}
     for name in tables_for(dataset, runs):   # every table is made before any file is written
         bench = name.startswith('benchmark_')
-        frame, head, md = (_bench_section if bench else _paper_section)(name.removeprefix('benchmark_'), runs, params)
+        frame, head, md = (_bench_section(name.removeprefix('benchmark_'), runs, params, upstream) if bench
+                           else _paper_section(name, runs, params))
         if frame.fake.any(): head = FAKE_BANNER + '\n\n' + head
         frames[name], mds[name] = (frame, md, head), head + '\n\n' + md
         used.setdefault(name.removeprefix('benchmark_') if bench else TABLES[name].dataset, set()).update(_used(frame))
@@ -673,7 +715,9 @@ def build_figures(runs_dir, out_dir, dataset: str = 'synthetic-lt', arch=None, a
     params = check_params(params)
     set_style()
     arch = arch or figure_arch(dataset)
-    by_loss = runs_of(load_runs(runs_dir, allow_fake), dataset, FIGURE_LOSSES, arch, params)
+    runs = load_runs(runs_dir, allow_fake)
+    for note in runs.attrs['damaged']: print('note:', note)
+    by_loss = runs_of(runs, dataset, FIGURE_LOSSES, arch, params)
     fake = any(r.get('fake') for rs in by_loss.values() for r in rs)
     where = f"on {dataset}, {arch}" + (' (FAKE runs)' if fake else '')
     suffix = f'{dataset}' + ('' if arch == figure_arch(dataset) else f'_{arch}')

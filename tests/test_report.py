@@ -140,10 +140,23 @@ def test_fake_runs_are_refused_unless_asked_for(tmp_path):
     with pytest.raises(ValueError, match=r'a/results.json is a fake run'): build_tables(tmp_path, tmp_path/'out')
     with pytest.raises(ValueError, match=r'a/results.json is a fake run'): build_figures(tmp_path, tmp_path/'out')
 
-def test_bad_results_file_is_named(tmp_path):
-    (tmp_path/'a'/'b').mkdir(parents=True)
-    (tmp_path/'a'/'b'/'results.json').write_text('{"top1": {}}')
-    with pytest.raises(ValueError, match=r'a/b/results.json is not a results.json'): load_runs(tmp_path)
+def test_damaged_results_files_are_named_and_the_others_kept(tmp_path, capsys):
+    "A cluster's damage (a file cut short, emptied, overwritten) costs that run, not the tables and figures."
+    write_fake_runs(tmp_path/'runs', 'bench', rows=['ce', 'ldam-drw', 'ala'], seeds=[0])
+    damaged = {'a/b': '{"top1": {}}', 'cut': '{"dataset": "synthetic-lt", "params": {"ar', 'empty': '', 'nul': '\0' * 64}
+    for where, text in damaged.items():
+        (tmp_path/'runs'/where).mkdir(parents=True)
+        (tmp_path/'runs'/where/'results.json').write_text(text)
+    runs = load_runs(tmp_path/'runs', allow_fake=True)
+    assert len(runs) == 3 and len(runs.attrs['damaged']) == 4
+    mds = build_tables(tmp_path/'runs', tmp_path/'out', 'synthetic-lt', allow_fake=True)
+    table = mds['benchmark_synthetic-lt']
+    assert '| DF · QF (ALA Loss) | 1 |' in table
+    out = capsys.readouterr().out
+    for where in damaged: assert f'{where}/results.json left out: not a results.json' in out, where
+    assert 'left out' in (tmp_path/'out'/'tables_synthetic-lt.md').read_text()
+    build_figures(tmp_path/'runs', tmp_path/'fig', allow_fake=True)
+    assert capsys.readouterr().out.count('left out: not a results.json') == 4
 
 def test_no_runs_gives_dashes_and_skips_figures(tmp_path, capsys):
     (tmp_path/'none').mkdir()
@@ -184,6 +197,7 @@ def test_papermill_tables_and_figures_mistakes_end_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'}
     for nb, args, want in (('tables', ['-p', 'run_dir', 'runs'], "error: unknown parameter 'run_dir' (did you mean 'runs_dir'?); valid parameters: runs_dir"),
                            ('tables', ['-p', 'runs_dir', str(tmp_path/'typo')], 'typo does not exist: give the folder'),
+                           ('tables', ['-p', 'upstream_dir', str(tmp_path/'theirs')], 'theirs is not a folder: give the --out'),
                            ('figures', ['-p', 'arch', 'resnet9'], "error: unknown arch 'resnet9'")):
         r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT/'nbs'/f'{nb}.ipynb'), str(tmp_path/'o.ipynb'),
                             '-p', 'out_dir', str(tmp_path/'out'), *args], cwd=tmp_path, env=env, capture_output=True,
@@ -191,3 +205,25 @@ def test_papermill_tables_and_figures_mistakes_end_in_one_line(tmp_path):
         last = r.stderr.strip().splitlines()[-1]
         assert r.returncode != 0 and last.startswith('error: ') and want in last, (nb, args, r.stderr[-800:])
         assert not (tmp_path/'out').exists()
+
+
+def test_their_code_column_shows_finished_upstream_runs_only(tmp_path, capsys):
+    "The CIFAR-10-LT table puts their code's finished runs beside ours; a run still training is named, not shown."
+    write_fake_runs(tmp_path/'runs', 'bench', rows=['ce', 'ldam-drw'], seeds=[0], dataset='cifar10-lt')
+    def theirs(row, seed, final, best, done=200):
+        folder = tmp_path/'up'/row/f'seed{seed}'
+        folder.mkdir(parents=True)
+        (folder/'results.json').write_text(json.dumps(dict(
+            dataset='cifar10-lt', loss=row, upstream_commit='2536330f2a', params=dict(seed=seed, epochs=200),
+            epochs_done=done, top1=dict(all=final), best_test_epoch=dict(epoch=199, top1=dict(all=best)))))
+    theirs('ldam-drw', 0, 76.5, 77.1); theirs('ce', 0, 70.0, 70.4, done=120)
+    mds = build_tables(tmp_path/'runs', tmp_path/'out', 'cifar10-lt', allow_fake=True, upstream_dir=tmp_path/'up')
+    lines = mds['benchmark_cifar10-lt'].splitlines()
+    head = [l for l in lines if l.startswith('| Method')][0].split(' | ')
+    column = head.index('All, their code on our images (final / best epoch)')
+    cells = {l.split(' | ')[0]: l.split(' | ')[column] for l in lines if l.startswith('| ') and 'Method' not in l}
+    assert cells['| LDAM + DRW'] == '76.5 / 77.1' and cells['| Cross Entropy'] == '-'
+    assert "kaidic/LDAM-DRW's own cifar_train.py (commit 2536330f2a)" in mds['benchmark_cifar10-lt']
+    assert 'their code is still training (epoch 120 of 200)' in capsys.readouterr().out
+    plain = build_tables(tmp_path/'runs', tmp_path/'out2', 'cifar10-lt', allow_fake=True)
+    assert 'their code' not in plain['benchmark_cifar10-lt']
