@@ -520,7 +520,10 @@ class SlurmRun:
             echo.write(f"--- SLURM job {os.environ.get('SLURM_JOB_ID')} on {socket.gethostname()}, "
                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             echo.flush()
-            return run_planned(out_dir, notebook, echo)
+            try: return run_planned(out_dir, notebook, echo)
+            except Exception as ex:   # said in the run's own log too, where the sweep looks when the job failed
+                echo.write(f"error: {type(ex).__name__}: {_last_line(ex)}\n")
+                raise
 
     def checkpoint(self, *args, **kwargs):
         "Preempted or timed out: submitit requeues the same call, which resumes from the run's last checkpoint."
@@ -597,12 +600,13 @@ def run_slurm(todo: list, slurm: Slurm, notebook=None, runs_dir=Path('runs'), lo
     while waiting:
         time.sleep(slurm.poll_s)
         queue = slurm_queue()
-        for item in [w for w in waiting if queue.get(w[2]) not in ACTIVE]:
+        ended = [w for w in waiting if queue.get(w[2]) not in ACTIVE]
+        for item in ended:
             waiting.remove(item)
             name, entry, job, stderr, start = item
             entry.seconds = time.time() - start
             _report(entry, name, log, _failure(f"SLURM job {job} ended without {RESULTS}", _job_log(entry, stderr)))
-        if waiting: log(f"  {len(todo) - len(waiting)}/{len(todo)} ended, {len(waiting)} in the SLURM queue")
+        if waiting and ended: log(f"  {len(todo) - len(waiting)}/{len(todo)} ended, {len(waiting)} in the SLURM queue")
 
 # %% ../nbs/05_sweep.ipynb #c1a0b7e7
 def _read_json(path) -> tuple:
@@ -641,6 +645,7 @@ def cli_parser() -> argparse.ArgumentParser:
     g.add_argument('--time', default='24:00:00', help='time limit of each job (requeued and resumed past it)')
     g.add_argument('--account', default=None)
     g.add_argument('--no-wait', action='store_true', help='submit and return; the same command again reports')
+    g.add_argument('--poll', type=float, default=10.0, help='seconds between two looks at the queue (squeue)')
     ap.add_argument('--run-one', default=None, help=argparse.SUPPRESS)   # a worker: train the run planned in FOLDER
     return ap
 
@@ -651,7 +656,7 @@ def _slurm_options(args):
     if args.gpus_per_run < 0 or args.cpus_per_gpu < 1:
         raise ValueError("--gpus-per-run must be >= 0 and --cpus-per-gpu >= 1")
     slurm_minutes(args.time)
-    return Slurm(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.time, args.account, not args.no_wait)
+    return Slurm(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.time, args.account, not args.no_wait, args.poll)
 
 def run_one_main(out_dir, notebook) -> int:
     "`--run-one FOLDER`: train the run planned there (exit status 0 when it has results, BUSY when locked)."

@@ -1,0 +1,67 @@
+"""The sweep on a real SLURM (`--launcher slurm`, through submitit): start the one-node cluster first with
+`sudo tests/slurm_up.sh` (CI does). A 2-row synthetic-lt sweep through SLURM gives the results of the same sweep run
+here, bit for bit; running the command again recognises finished, queued/running and failed runs and submits only
+what is missing; a failed job is reported with the last lines of its log."""
+import json, os, shutil, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from ala_paper.core import RESULTS
+from fake_training import write_fake_train_notebook
+from test_sweep import sweep_cli, finished
+from test_sweep_jobs import computed
+
+pytestmark = pytest.mark.skipif(
+    shutil.which('sbatch') is None,
+    reason='!!! SLURM NOT TESTED: sbatch is not installed here. Start a one-node SLURM with `sudo tests/slurm_up.sh` '
+           '(CI must run it before pytest) !!!')
+
+SLURM = ('--launcher', 'slurm', '--gpus-per-run', 0, '--cpus-per-gpu', 1, '--time', 20, '--poll', 2)
+
+@pytest.fixture(scope='module', autouse=True)
+def cluster_is_up():
+    r = subprocess.run(['sinfo', '-h', '-o', '%T'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split(), f'sbatch is here but no SLURM answers (sinfo: {r.stderr.strip()}): ' \
+                                                   'start it with `sudo tests/slurm_up.sh`'
+
+@pytest.mark.slow
+def test_slurm_sweep_equals_the_local_sweep(tmp_path):
+    common = ('--table', 'bench', '--rows', 'ce', 'ala', '--seeds', 0, '--param', 'epochs=2', '--quiet')
+    r = sweep_cli(*common, '--runs-dir', tmp_path/'slurm', *SLURM, cwd=tmp_path)
+    assert r.returncode == 0 and '2 ran, 0 skipped, 0 failed' in r.stdout, r.stdout + r.stderr
+    jobs = [l.split('submitted as SLURM job ')[1] for l in r.stdout.splitlines() if 'submitted as SLURM job' in l]
+    assert len(jobs) == 2 and len({j.split('_')[0] for j in jobs}) == 1, r.stdout        # one job array
+    local = sweep_cli(*common, '--runs-dir', tmp_path/'local', cwd=tmp_path, env={'OMP_NUM_THREADS': '1'})
+    assert local.returncode == 0, local.stdout + local.stderr
+    runs = finished(tmp_path/'slurm')
+    assert runs == finished(tmp_path/'local') and len(runs) == 2
+    for run in runs:
+        (a, la), (b, lb) = computed(tmp_path/'slurm', run), computed(tmp_path/'local', run)
+        assert a == b, run
+        assert la.tobytes() == lb.tobytes(), run
+        log = (tmp_path/'slurm'/run/'train.log').read_text()
+        assert '--- SLURM job ' in log and 'epoch 2/2' in log, log                      # the job's lines, in its folder
+    r = sweep_cli(*common, '--runs-dir', tmp_path/'slurm', *SLURM, cwd=tmp_path)
+    assert '0 ran, 2 skipped' in r.stdout and 'submitted' not in r.stdout
+
+def test_slurm_rerun_submits_only_what_is_missing_and_reports_a_failed_job(tmp_path):
+    nb = write_fake_train_notebook(tmp_path/'fake_train.ipynb')
+    args = ('--table', 'bench', '--rows', 'df', 'ala', '--seeds', 0, '--runs-dir', tmp_path/'runs', '--notebook', nb,
+            *SLURM)
+    fail_df = {'FAKE_TRAIN_FAIL_LOSS': 'df'}
+    r = sweep_cli(*args, '--no-wait', cwd=tmp_path, env=fail_df)
+    assert r.returncode == 0 and r.stdout.count('submitted as SLURM job') == 2, r.stdout + r.stderr
+    assert '2 in the SLURM queue' in r.stdout
+    r = sweep_cli(*args, cwd=tmp_path, env=fail_df)                       # the same command again: waits for them
+    assert r.stdout.count('not submitted again') == 2 and 'submitted as' not in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 1 and '1 ran, 0 skipped, 1 failed' in r.stdout, r.stdout
+    failed = r.stdout[r.stdout.index('FAILED'):]
+    assert 'ended without results.json; the last lines of' in failed and 'train.log' in failed
+    assert 'this run fails on purpose' in failed, failed                  # the log's last lines, in the report
+    r = sweep_cli(*args, cwd=tmp_path)                                    # only the failed run is submitted again
+    assert r.returncode == 0 and '1 ran, 1 skipped, 0 failed' in r.stdout, r.stdout + r.stderr
+    assert 'ended without results.json, submitting it again' in r.stdout and r.stdout.count('submitted as') == 1
+    assert (tmp_path/'runs/bench/df/resnet8/seed0/calls.log').read_text() == 'resume=False\n' * 2
+    assert json.loads((tmp_path/'runs/bench/df/resnet8/seed0/slurm.json').read_text())['job_id']
