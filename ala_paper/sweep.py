@@ -461,7 +461,9 @@ def _start(name, entry, slot, notebook, log):
 
 def _stop(procs):
     "SIGTERM to each run still going (the engine saves a checkpoint), then wait for them."
-    for proc in procs: os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
+    for proc in procs:
+        try: os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError: pass          # ended meanwhile
     for proc in procs: proc.wait()
 
 def run_parallel(todo: list, jobs: int, notebook=None, log=print):
@@ -658,9 +660,15 @@ def _slurm_options(args):
     slurm_minutes(args.time)
     return Slurm(args.partition, args.gpus_per_run, args.cpus_per_gpu, args.time, args.account, not args.no_wait, args.poll)
 
+def _stop_on_sigterm(signum, frame): raise KeyboardInterrupt   # papermill then shuts its kernel down
+
 def run_one_main(out_dir, notebook) -> int:
     "`--run-one FOLDER`: train the run planned there (exit status 0 when it has results, BUSY when locked)."
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try: run_planned(out_dir, notebook, echo=sys.stdout)
+    except KeyboardInterrupt:
+        print('stopped (SIGTERM or Ctrl-C): run the sweep again to resume from the last checkpoint', flush=True)
+        return 128 + signal.SIGTERM
     except RunBusy as ex:
         print(f"busy: {ex}", flush=True)
         return BUSY
@@ -686,6 +694,9 @@ def main(argv=None) -> int:
     except USER_MISTAKES as ex:
         print(f"error: {_last_line(ex)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the runs under way were stopped; the same command resumes them", file=sys.stderr)
+        return 130
     count = Counter(e.status for e in entries)
     where = entries[0].params['dataset'] if entries else args.dataset
     more = ''.join(f", {count[s]} {w}" for s, w in (('busy', 'being trained by another sweep'),

@@ -167,3 +167,44 @@ def test_bad_launcher_input(tmp_path, fake_nb, args, msg):
     r = sweep_cli(*args, '--notebook', fake_nb, '--runs-dir', tmp_path/'runs', cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith('error: ') and msg in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+SLOW_TRAIN = '''
+import os, time
+from pathlib import Path
+o = Path(out_dir)
+(o/'kernel.pid').write_text(str(os.getpid()))
+time.sleep(600)
+'''
+
+def alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    return Path(f'/proc/{pid}/status').read_text().find('State:\tZ') < 0      # a zombie has ended
+
+def test_interrupting_a_jobs_sweep_stops_every_run_and_leaves_no_process(tmp_path):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("dataset = 'synthetic-lt'\nloss = 'ala'\nseed = 0\nout_dir = 'x'\nresume = False")
+    params.metadata['tags'] = ['parameters']
+    nb.cells = [params, nbformat.v4.new_code_cell(SLOW_TRAIN)]
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(nb, tmp_path/'slow.ipynb')
+    runs = tmp_path/'runs'
+    sweep = subprocess.Popen([sys.executable, '-m', 'ala_paper.sweep', '--table', 'bench', '--rows', 'ce', 'qf',
+                              '--runs-dir', str(runs), '--notebook', str(tmp_path/'slow.ipynb'), '--jobs', '2'],
+                             cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    folders = [e.out_dir for e in plan('bench', None, [0], runs, ['ce', 'qf'])]
+    deadline = time.time() + 300
+    while not all((f/'kernel.pid').is_file() for f in folders):
+        assert time.time() < deadline and sweep.poll() is None, sweep.communicate()
+        time.sleep(0.5)
+    kernels = [int((f/'kernel.pid').read_text()) for f in folders]
+    workers = [int((f/LOCK).read_text().split()[1]) for f in folders]
+    sweep.send_signal(signal.SIGINT)                                   # Ctrl-C
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and 'interrupted: the runs under way were stopped' in err, out + err
+    assert 'Traceback' not in err
+    time.sleep(3)
+    assert not any(alive(pid) for pid in workers + kernels), (workers, kernels)   # no training left behind
+    for f in folders: assert 'stopped (SIGTERM or Ctrl-C)' in (f/'train.log').read_text()
