@@ -65,3 +65,35 @@ def test_slurm_rerun_submits_only_what_is_missing_and_reports_a_failed_job(tmp_p
     assert 'ended without results.json, submitting it again' in r.stdout and r.stdout.count('submitted as') == 1
     assert (tmp_path/'runs/bench/df/resnet8/seed0/calls.log').read_text() == 'resume=False\n' * 2
     assert json.loads((tmp_path/'runs/bench/df/resnet8/seed0/slurm.json').read_text())['job_id']
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path):
+    "What a preemption does to a job (`scontrol requeue`: killed, queued again, run again): the run resumes exactly."
+    common = ('--table', 'bench', '--rows', 'ala', '--seeds', 0, '--param', 'epochs=4', '--quiet')
+    runs = tmp_path/'slurm'
+    r = sweep_cli(*common, '--runs-dir', runs, *SLURM, '--no-wait', cwd=tmp_path)
+    assert r.returncode == 0 and 'submitted as SLURM job' in r.stdout, r.stdout + r.stderr
+    (record,) = runs.rglob('slurm.json')
+    folder, job = record.parent, json.loads(record.read_text())['job_id']
+    deadline = time.time() + 600
+    while not (folder/'checkpoint.pt').is_file():
+        assert time.time() < deadline and not (folder/RESULTS).exists(), 'no checkpoint before the run ended'
+        time.sleep(0.05)
+    subprocess.run(['scontrol', 'requeue', job], check=True, timeout=60)          # preempted after a checkpoint
+    assert not (folder/RESULTS).exists(), 'the run finished before the requeue: the test proves nothing'
+    for _ in range(120):              # SLURM holds a requeued job for a while: start it now once it is pending again
+        state = subprocess.run(['squeue', '-h', '-j', job, '-o', '%T'], capture_output=True, text=True).stdout.strip()
+        if state == 'PENDING':
+            subprocess.run(['scontrol', 'update', f'jobid={job}', 'StartTime=now'], timeout=60)
+            break
+        time.sleep(0.5)
+    r = sweep_cli(*common, '--runs-dir', runs, *SLURM, cwd=tmp_path)
+    assert r.returncode == 0 and 'not submitted again' in r.stdout and '1 ran' in r.stdout, r.stdout + r.stderr
+    log = (folder/'train.log').read_text()
+    assert log.count('--- SLURM job') == 2 and 'resuming ' in log, log
+    local = sweep_cli(*common, '--runs-dir', tmp_path/'local', cwd=tmp_path, env={'OMP_NUM_THREADS': '1'})
+    assert local.returncode == 0, local.stdout + local.stderr
+    (run,) = finished(runs)
+    (a, la), (b, lb) = computed(runs, run), computed(tmp_path/'local', run)
+    assert a['params'].pop('resume') and not b['params'].pop('resume')
+    assert a == b and la.tobytes() == lb.tobytes()
