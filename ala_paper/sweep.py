@@ -577,6 +577,17 @@ def _submit(todo: list, slurm: Slurm, notebook, runs_dir: Path, log) -> list:
     return submitted
 
 # %% ../nbs/05_sweep.ipynb #c1a0b7e6
+def _job_record(entry: Planned, name: str, log) -> dict:
+    "The run's slurm.json: {} when there is none, or when it is damaged (said in one line)."
+    path = entry.out_dir/SLURM_RECORD
+    if not path.exists(): return {}
+    record, why = _read_json(path)
+    if why or not isinstance(record, dict) or not isinstance(record.get('job_id'), str):
+        log(f"{name}: {path} {why or 'is not a job record'}: submitting the run as if it had no job "
+            f"(if its job still runs, the run's lock keeps them from training it at once)")
+        return {}
+    return record
+
 def _job_log(entry: Planned, stderr) -> Path:
     "The log that says why a job failed: the run's train.log, else submitit's log of the job."
     own = entry.out_dir/'train.log'
@@ -586,8 +597,8 @@ def run_slurm(todo: list, slurm: Slurm, notebook=None, runs_dir=Path('runs'), lo
     "Submit what `todo` still misses to SLURM (not the runs whose job is queued or running); wait and report."
     queue, waiting, missing = slurm_queue(), [], []
     for name, entry in todo:
-        record, why = (_read_json(entry.out_dir/SLURM_RECORD) if (entry.out_dir/SLURM_RECORD).exists() else ({}, ''))
-        job = (record or {}).get('job_id') if isinstance(record, dict) else None
+        record = _job_record(entry, name, log)
+        job = record.get('job_id')
         if job and queue.get(job) in ACTIVE:
             log(f"{name}: SLURM job {job} is {queue[job].lower()}, not submitted again")
             waiting.append((name, entry, job, record.get('stderr'), record.get('submitted') or time.time()))

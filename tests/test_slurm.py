@@ -97,3 +97,19 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_equals_an_uninterrupted_
     (a, la), (b, lb) = computed(runs, run), computed(tmp_path/'local', run)
     assert a['params'].pop('resume') and not b['params'].pop('resume')
     assert a == b and la.tobytes() == lb.tobytes()
+
+def test_damaged_job_records_are_named_and_their_runs_submitted(tmp_path):
+    nb = write_fake_train_notebook(tmp_path/'fake_train.ipynb')
+    records, rows = [b'', b'{"job_id": "12', b'[1, 2]', b'{"job": 3}'], ['ce', 'focal', 'qf', 'df']
+    args = ('--table', 'bench', '--rows', *rows, '--seeds', 0, '--runs-dir', tmp_path/'runs', '--notebook', nb, *SLURM)
+    from ala_paper.sweep import plan
+    folders = [e.out_dir for e in plan('bench', None, [0], tmp_path/'runs', rows)]
+    for folder, record in zip(folders, records):
+        folder.mkdir(parents=True)
+        (folder/'slurm.json').write_bytes(record)
+    r = sweep_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0 and '4 ran, 0 skipped, 0 failed' in r.stdout, r.stdout + r.stderr
+    for folder in folders:
+        (line,) = [l for l in r.stdout.splitlines() if f"{folder/'slurm.json'} " in l]
+        assert line.endswith("(if its job still runs, the run's lock keeps them from training it at once)"), line
+        assert json.loads((folder/'slurm.json').read_text())['job_id']             # a new record for the new job
