@@ -3,13 +3,15 @@
 set -uo pipefail
 [ "$(id -u)" = 0 ] || { echo "error: run as root (sudo $0)" >&2; exit 2; }
 command -v scancel >/dev/null && scancel --quiet --full "--user=$(id -un)" 2>/dev/null || true
-for daemon in slurmd slurmctld; do
-    pidfile=/run/$daemon.pid
-    [ -s $pidfile ] && kill "$(cat $pidfile)" 2>/dev/null
+pids=""
+for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
+    [ -s $pidfile ] && pids="$pids $(cat $pidfile)"
 done
-for _ in $(seq 30); do
-    { [ -s /run/slurmd.pid ] && kill -0 "$(cat /run/slurmd.pid)" 2>/dev/null; } || \
-    { [ -s /run/slurmctld.pid ] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null; } || break
+[ -n "$pids" ] && kill $pids 2>/dev/null
+for _ in $(seq 60); do                         # until they have exited (their pid files go before they do)
+    alive=""
+    for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ -z "$alive" ] && break
     sleep 0.5
 done
 [ -s /run/munge/munged.pid ] && kill "$(cat /run/munge/munged.pid)" 2>/dev/null
