@@ -39,7 +39,7 @@ def test_sweep_runs_skips_resumes_and_shares(tmp_path, fake_nb):
     assert '0 ran, 4 skipped' in r.stdout and (runs/'table3/ce/resnet152/seed0/calls.log').read_text() == 'resume=False\n'
     o = runs/'table3/ala/resnet152/seed2'                                # a run killed after a checkpoint
     o.mkdir(parents=True)
-    (o/CHECKPOINT).write_bytes(b'')
+    (o/CHECKPOINT).write_bytes(b'checkpoint')
     r = sweep_cli('--table', 'table3', '--rows', 'ala', '--seeds', 2, '--runs-dir', runs, '--notebook', fake_nb,
                   '--quiet', cwd=tmp_path)
     assert 'fake epoch' not in r.stdout
@@ -87,7 +87,7 @@ def test_a_folder_holding_another_recipe_is_left_alone(tmp_path, fake_nb):
     runs = tmp_path/'runs'
     entry = plan('table3', None, [0], runs, ['ce'])[0]
     entry.out_dir.mkdir(parents=True)
-    foreign = json.dumps({'params': {'dataset': 'places-lt', 'loss': 'ce', 'arch': 'resnet152', 'seed': 0, 'epochs': 3}})
+    foreign = json.dumps({'params': {'dataset': 'places-lt', 'loss': 'ce', 'arch': 'resnet152', 'seed': 0, 'epochs': 3}, 'top1': {'all': 1.0}})
     (entry.out_dir/RESULTS).write_text(foreign)
     r = sweep_cli('--table', 'table3', '--rows', 'ce', '--seeds', 0, '--runs-dir', runs, '--notebook', fake_nb,
                   cwd=tmp_path)
