@@ -18,7 +18,7 @@ from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
 __all__ = ['TAUS', 'ANALYSIS_METHODS', 'check_logits', 'calibration_bins', 'ece', 'ece_by_group', 'reliability_diagram',
            'confusion_matrix', 'by_training_count', 'plot_confusion', 'top1_of', 'tau_sweep', 'best_tau',
            'tau_normalise', 'tau_norm_sweep', 'load_run', 'method_name', 'analyse_run', 'runs_with_logits',
-           'make_synthetic_runs', 'analysis_table', 'plot_runs', 'reading']
+           'make_synthetic_runs', 'analysis_table', 'plot_runs', 'compare', 'reading']
 
 # %% ../nbs/08_analysis.ipynb #daf3500f
 def check_logits(logits, targets) -> tuple:
@@ -256,27 +256,36 @@ def plot_runs(folders, what: str = 'reliability', n_bins: int = 15):
     return fig
 
 # %% ../nbs/08_analysis.ipynb #3de3464c
-def _fmt(v): return '-' if v is None or v != v else f'{v:.1f}'
+def _spread(t, method: str, column: str) -> tuple:
+    "(mean, std, n) over the seeds of `method` in table `t`."
+    from ala_paper.report import mean_std
+    return mean_std(t.loc[t['method'] == method, column])
+
+def compare(a: tuple, b: tuple) -> str:
+    "'lower'/'higher' if mean a and mean b differ by more than their two seed stds together, else 'within the seed spread'."
+    (ma, sa, _), (mb, sb, _) = a, b
+    if ma is None or mb is None: return 'not measured'
+    if sa is None or sb is None: return ('lower' if ma < mb else 'higher') + ', one seed: not evidence'
+    if abs(ma - mb) <= sa + sb: return 'within the seed spread'
+    return 'lower' if ma < mb else 'higher'
 
 def reading(table, ours: str = 'ala', others=('ldam-drw', 'ce')) -> str:
-    "Markdown: per dataset, ECE (all/many/medium/few) of `ours` against `others` (means over seeds), and the best taus."
+    "Markdown: per dataset, ECE (all/many/medium/few) of `ours` against `others` with a verdict, and each method's taus."
+    from ala_paper.report import fmt_ms
     lines = []
     for ds, t in table.groupby('dataset'):
-        mean = t.groupby('method').mean(numeric_only=True)
-        if ours not in mean.index: continue
-        n = t.groupby('method').size()
-        lines.append(f"**{ds}** ({', '.join(f'{m}: {n[m]} seed(s)' for m in n.index)}):")
-        o = mean.loc[ours]
-        for other in [m for m in others if m in mean.index]:
-            x = mean.loc[other]
-            diff = [f"{g} {_fmt(o[f'ece_{g}'])} vs {_fmt(x[f'ece_{g}'])}" for g in ('all', *SHOT_GROUPS)]
-            verdict = 'lower' if o['ece_all'] < x['ece_all'] else 'higher' if o['ece_all'] > x['ece_all'] else 'equal'
-            lines.append(f"- ECE of {ours} vs {other}: {'; '.join(diff)} (percent) -- {ours}'s overall ECE is {verdict}.")
-        for m, r in mean.iterrows():
-            tn = (f"; tau-norm best tau {r['tau_norm_tau']:g} gives {_fmt(r['tau_norm_top1'])}"
-                  if r['tau_norm_tau'] == r['tau_norm_tau'] else '')
-            lines.append(f"- {m}: top-1 {_fmt(r['top1'])}, PC Softmax (tau=1) {_fmt(r['pc_softmax_top1'])}, best tau "
-                         f"{r['best_tau']:g} gives {_fmt(r['best_tau_top1'])}{tn} (taus selected on the test set)")
-        if n.max() == 1:
-            lines.append("- One seed per method: no seed spread is measured here, so small differences are not evidence.")
+        methods, n = list(dict.fromkeys(t['method'])), t.groupby('method').size()
+        if ours not in methods: continue
+        lines.append(f"**{ds}** ({', '.join(f'{m}: {n[m]} seed(s)' for m in methods)}; mean ± std over seeds, percent):")
+        for other in [m for m in others if m in methods]:
+            parts = [f"{g} {fmt_ms(*a[:2])} vs {fmt_ms(*b[:2])} ({compare(a, b)})"
+                     for g in ('all', *SHOT_GROUPS) for a, b in [(_spread(t, ours, f'ece_{g}'), _spread(t, other, f'ece_{g}'))]]
+            lines.append(f"- ECE of {ours} vs {other}: " + '; '.join(parts))
+        for m in methods:
+            cell, rows = (lambda column: fmt_ms(*_spread(t, m, column)[:2])), t[t['method'] == m]
+            taus = lambda column: ', '.join(f'{x:g}' for x in sorted(set(rows[column].dropna())))
+            tn = f"; tau-norm at its best tau ({taus('tau_norm_tau')}) {cell('tau_norm_top1')}" if rows['tau_norm_tau'].notna().any() else ''
+            lines.append(f"- {m}: top-1 {cell('top1')}; PC Softmax (tau = 1) {cell('pc_softmax_top1')}; at the best tau "
+                         f"({taus('best_tau')}, selected on the test set) {cell('best_tau_top1')}{tn}")
     return '\n'.join(lines)
+

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ala_paper.analysis import (analyse_run, analysis_table, best_tau, by_training_count, calibration_bins,
-                                check_logits, confusion_matrix, ece, ece_by_group, load_run, method_name, reading,
+                                check_logits, compare, confusion_matrix, ece, ece_by_group, load_run, method_name, reading,
                                 runs_with_logits, tau_norm_sweep, tau_normalise, tau_sweep)
 from ala_paper.losses import posthoc_logit_adjust
 from ala_paper.metrics import group_accuracy, per_class_accuracy
@@ -120,4 +120,19 @@ def test_run_tau1_reproduces_recorded_pc_softmax(tiny_run):
     assert a['method'] == 'ce' and a['tau_norm'] is not None     # a linear head with its checkpoint: tau-norm runs
     table = analysis_table([tiny_run])
     assert table.loc[0, 'pc_softmax_top1'] == pytest.approx(res['posthoc_logit_adjust']['top1']['all'])
-    assert 'no seed spread' in reading(table.assign(method='ala'))
+    assert '- ala: top-1 ' in reading(table.assign(method='ala')) and reading(table) == ''   # no ALA run: nothing to read
+
+
+def test_reading_verdicts_follow_the_seed_spread():
+    import pandas as pd
+    row = lambda m, seed, e: dict(dataset='toy', method=m, seed=seed, top1=50., ece_all=e, ece_many=e, ece_medium=e,
+                                  ece_few=None, pc_softmax_top1=51., best_tau=1.0, best_tau_top1=52., tau_norm_tau=None,
+                                  tau_norm_top1=None)
+    table = pd.DataFrame([row('ala', 0, 5.), row('ala', 1, 6.), row('ce', 0, 10.), row('ce', 1, 11.),
+                          row('ldam-drw', 0, 5.), row('ldam-drw', 1, 7.)])
+    text = reading(table)
+    assert 'ECE of ala vs ce: all 5.5 ± 0.7 vs 10.5 ± 0.7 (lower)' in text
+    assert 'ECE of ala vs ldam-drw: all 5.5 ± 0.7 vs 6.0 ± 1.4 (within the seed spread)' in text
+    assert 'few - vs - (not measured)' in text and 'selected on the test set' in text
+    assert compare((1.0, None, 1), (2.0, None, 1)) == 'lower, one seed: not evidence'
+    assert compare((3.0, 0.1, 2), (2.0, 0.2, 2)) == 'higher'
