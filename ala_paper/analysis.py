@@ -162,7 +162,7 @@ def _head(checkpoint: Path):
     return (state['head.weight'], state.get('head.bias')) if 'head.weight' in state else None
 
 def load_run(folder) -> dict:
-    "results.json, float32 test logits [N, C], labels, class counts and (if checkpoint.pt is there) the head's weights."
+    "results.json, float32 test logits [N, C], labels, class counts and the head's weights (if its checkpoint is there)."
     folder = Path(folder)
     if not (folder / RESULTS).is_file(): raise FileNotFoundError(f"no {RESULTS} in {folder}: give a run folder (train's out_dir)")
     res = json.loads((folder / RESULTS).read_text())
@@ -176,8 +176,11 @@ def load_run(folder) -> dict:
     if tuple(logits.shape) != (len(targets), len(counts)):
         raise ValueError(f"{path} holds {tuple(logits.shape)} logits for {len(targets)} test images and {len(counts)} "
                          f"classes: it does not belong to {folder / RESULTS}")
+    checkpoint = folder / CHECKPOINT   # or, for ala_paper.evaluate's output, the checkpoint it evaluated
+    if not checkpoint.is_file() and (res.get('evaluated_from') or {}).get('checkpoint'):
+        checkpoint = Path(res['evaluated_from']['checkpoint'])
     return dict(folder=folder, results=res, logits=logits, targets=targets, class_counts=counts,
-                scaled_by=float(saved.get('scaled_by', 1.0)), head=_head(folder / CHECKPOINT))
+                scaled_by=float(saved.get('scaled_by', 1.0)), head=_head(checkpoint))
 
 # %% ../nbs/08_analysis.ipynb #230072f0
 def method_name(params: dict) -> str:

@@ -136,3 +136,10 @@ def test_reading_verdicts_follow_the_seed_spread():
     assert 'few - vs - (not measured)' in text and 'selected on the test set' in text
     assert compare((1.0, None, 1), (2.0, None, 1)) == 'lower, one seed: not evidence'
     assert compare((3.0, 0.1, 2), (2.0, 0.2, 2)) == 'higher'
+
+
+def test_evaluated_folder_finds_its_checkpoint(tiny_run, tmp_path):
+    from ala_paper.evaluate import evaluate_checkpoint
+    evaluate_checkpoint(tiny_run, out=tmp_path / 'eval', device='cpu', verbose=False)
+    a, b = analyse_run(tiny_run), analyse_run(tmp_path / 'eval')
+    assert b['tau_norm'] is not None and b['tau_norm'] == a['tau_norm'] and b['ece'] == a['ece']
