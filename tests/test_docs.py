@@ -297,6 +297,7 @@ def test_site_renders_in_chromium(site, browser, tmp_path):
     assert losses["math"] >= 20 and losses["math_errors"] == 0 and losses["raw_tex"] == 0, {k: losses[k] for k in ("math", "math_errors", "raw_tex")}
     assert losses["images"] and all(i["ok"] for i in losses["images"]), losses["images"]
     assert "api.html" in losses["links"] and "01_models.html" in losses["links"]
+    assert losses["outputs"] >= 10 and losses["output_images"] >= 2, "00_losses should show what its checks compare"
 
     # nbdev's API entries where the code is: signature, docstring, parameter table, the source behind a fold
     assert {"ala_paper.losses.ALALoss", "ala_paper.losses.quantity_factor", "ala_paper.losses.ALALoss.forward"} <= set(losses["ids"])
