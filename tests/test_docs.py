@@ -198,22 +198,43 @@ PAGE_STATE = r"""
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
   await document.fonts.ready;
   const main = document.querySelector('main, [role=main], article') || document.body;
+  const column = document.querySelector('.bd-article') || main;
   const imgs = [...main.querySelectorAll('img')];
   imgs.forEach(i => { i.loading = 'eager'; });
   await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
   const prose = main.cloneNode(true);                 // TeX left as text outside code = math not rendered
   prose.querySelectorAll('pre, code, mjx-container, script').forEach(e => e.remove());
+  // code, tables and outputs that do not fit the column: behind a scrollbar, clipped, or sticking out of it
+  const right = column.getBoundingClientRect().right;
+  const cut = [...main.querySelectorAll('pre, table, div.cell_output, div.highlight, .pst-scrollable-table-container')]
+    .filter(e => e.offsetParent !== null && e.clientWidth > 0 &&
+      ((getComputedStyle(e).overflowX !== 'visible' && e.scrollWidth > e.clientWidth + 1) || e.getBoundingClientRect().right > right + 1))
+    .map(e => `${e.tagName.toLowerCase()} ${e.scrollWidth}px in ${e.clientWidth}px: ${e.textContent.trim().slice(0, 70)}`);
+  const outputs = [...main.querySelectorAll('div.cell_output')].filter(o => o.textContent.trim() || o.querySelector('img'));
   return JSON.stringify({
     title: document.title,
     math: document.querySelectorAll('mjx-container').length,
     math_errors: document.querySelectorAll('mjx-merror, mjx-container [data-mjx-error]').length,
     raw_tex: (prose.textContent.match(/\$\$|\\\(|\\mathcal|\\frac/g) || []).length,
+    // a markdown table left as text: its |---| row (smart quotes turn --- into an em dash)
+    raw_tables: prose.textContent.match(/\|\s*:?(?:-{3,}|[\u2013\u2014]+)-*:?\s*\|[^\n]*/g) || [],
+    cut: cut,
+    column: Math.round(column.getBoundingClientRect().width),
+    outputs: outputs.length,
+    output_tables: outputs.filter(o => o.querySelector('table')).length,
+    output_images: outputs.filter(o => o.querySelector('img')).length,
+    tables: main.querySelectorAll('table').length,
+    entries: main.querySelectorAll('dl.py').length,
+    param_tables: main.querySelectorAll('dl.py > dd > table, dl.py > dd > .pst-scrollable-table-container > table').length,
+    folded_sources: main.querySelectorAll('.cell.tag_hide-input details').length,
     images: imgs.map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})),
     links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
+    body_links: [...column.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
     ids: [...document.querySelectorAll('[id]')].map(e => e.id),
   });
 })()
 """
+WIDTH, HEIGHT = 1280, 900    # a laptop's browser window: code and tables must fit its column
 
 
 @pytest.fixture(scope="module")
@@ -236,29 +257,87 @@ def browser(tmp_path):
     if CHROMIUM is None:
         pytest.skip("headless Chromium not found: `apt-get install chromium` (Debian) to run the browser test of the docs site")
     b = Chromium(tmp_path / "profile")
+    b.call("Emulation.setDeviceMetricsOverride", session=True, width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False)
     yield b
     b.close()
 
 
+def screenshot(browser, path: Path, element: str = None) -> int:
+    "A JPEG of the window scrolled to `element` (JavaScript that finds it; None: the top of the page); its size in bytes."
+    import base64
+    if element:
+        browser.evaluate(f"(async () => {{ ({element}).scrollIntoView(); scrollBy(0, -90);"
+                         " await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))); return 0; })()")
+    shot = browser.call("Page.captureScreenshot", session=True, format="jpeg", quality=60)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path.stat().st_size
+
+
+def shots_dir(tmp_path) -> Path:
+    "Where the screenshots go: ALA_DOCS_SHOTS (`figures/docs` refreshes the committed ones), else beside CI's site build."
+    if os.environ.get("ALA_DOCS_SHOTS"): return Path(os.environ["ALA_DOCS_SHOTS"])
+    if os.environ.get("ALA_DOCS_SITE"): return Path(os.environ["ALA_DOCS_SITE"]).parent / "shots"
+    return tmp_path / "shots"
+
+
 @pytest.mark.slow
-def test_site_renders_in_chromium(site, browser):
+def test_site_renders_in_chromium(site, browser, tmp_path):
     home = browser.open(f"{site}/index.html")
     assert browser.failed_requests() == []
     assert home["math"] >= 2 and home["math_errors"] == 0 and home["raw_tex"] == 0, home
     assert home["images"] and all(i["ok"] for i in home["images"]), home["images"]
+    assert home["output_tables"] >= 3, "the home page's results are not HTML tables"
     pages = [n[:-6] + ".html" for n in build_docs.notebooks()[1:]] + ["api.html"]
     assert not [p for p in pages if p not in home["links"]], "the navigation misses notebooks"
+    assert not [p for p in pages[:-1] if p not in home["body_links"]], "the home page's table of notebooks misses some"
 
     losses = browser.open(f"{site}/00_losses.html")
     assert browser.failed_requests() == []
     assert losses["math"] >= 20 and losses["math_errors"] == 0 and losses["raw_tex"] == 0, {k: losses[k] for k in ("math", "math_errors", "raw_tex")}
     assert losses["images"] and all(i["ok"] for i in losses["images"]), losses["images"]
     assert "api.html" in losses["links"] and "01_models.html" in losses["links"]
+    assert losses["outputs"] >= 10 and losses["output_images"] >= 2, "00_losses should show what its checks compare"
 
-    api = browser.open(f"{site}/api.html")
+    # nbdev's API entries where the code is: signature, docstring, parameter table, the source behind a fold
+    assert {"ala_paper.losses.ALALoss", "ala_paper.losses.quantity_factor", "ala_paper.losses.ALALoss.forward"} <= set(losses["ids"])
+    assert losses["entries"] >= 10 and losses["param_tables"] >= 5 and losses["folded_sources"] >= 10, losses
+    assert any(l.startswith("https://github.com/") and "/ala_paper/losses.py#L" in l for l in losses["links"])
+    assert "#ala_paper.losses.ALALoss" in losses["links"], "names in the prose do not link to their entries"
+
+    api = browser.open(f"{site}/api.html")          # the index: every name links to its entry in its notebook
     assert browser.failed_requests() == []
-    assert {"ala_paper.losses.ALALoss", "ala_paper.losses.quantity_factor", "ala_paper.train.train"} <= set(api["ids"])
+    assert {"00_losses.html#ala_paper.losses.ALALoss", "00_losses.html#ala_paper.losses.quantity_factor",
+            "04_train.html#ala_paper.train.train", "00_core.html#ala_paper.core.project_root"} <= set(api["links"]), api["links"]
     assert "00_losses.html" in api["links"]
+
+
+@pytest.mark.slow
+def test_site_pages_show_tables_outputs_and_whole_lines(site, browser, tmp_path):
+    "Every page: no markdown table left as text, no code line or table cut off at a 1280 px window; Runs pages show results."
+    bad = {}
+    for page in ["index.html"] + [n[:-6] + ".html" for n in build_docs.notebooks()[1:]] + ["api.html"]:
+        s = browser.open(f"{site}/{page}")
+        assert browser.failed_requests() == [], page
+        assert all(i["ok"] for i in s["images"]), (page, s["images"])
+        problems = [f"raw markdown table: {t[:70]}" for t in s["raw_tables"]] + [f"cut off: {c}" for c in s["cut"]]
+        if page[:-5] + ".ipynb" in build_docs.RUNS:
+            if not s["outputs"]: problems.append("a Runs page without any output")
+            if page == "tables.html" and not s["output_tables"]: problems.append("no table among the outputs")
+            if page in ("figures.html", "train.html") and not s["output_images"]: problems.append("no figure among the outputs")
+        if problems: bad[page] = problems
+    assert not bad, "\n".join(f"{p}: {x}" for p, xs in bad.items() for x in xs)
+
+    shots = shots_dir(tmp_path)
+    sizes = []
+    for name, page, element in (("home", "index", "document.querySelector('div.cell_output table')"),
+                                ("losses", "00_losses", "document.getElementById('ala_paper.losses.la_loss')"),
+                                ("tables", "tables", "[...document.querySelectorAll('div.cell_output table')]"
+                                                     ".find(t => /\\d ± \\d/.test(t.textContent))")):
+        browser.open(f"{site}/{page}.html")
+        sizes.append(screenshot(browser, shots / f"{name}.jpg", element))
+    assert all(2_000 < n < 400_000 for n in sizes), sizes
+    print(f"screenshots in {shots}: {sizes} bytes")
 
 
 def test_every_module_docstring_is_a_whole_sentence():
