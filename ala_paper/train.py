@@ -25,7 +25,7 @@ from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches,
                             EncodedImages, check_draw, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
-from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init
+from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init, no_tf32
 
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
@@ -294,18 +294,10 @@ def layout_gradient_error(channels_last: bool, arch='resnet32', batch_size=128, 
         for name, p in m.named_parameters(): out.setdefault(kind(name, p), []).append(p.grad.flatten())
         out['bn running var'] = [b.flatten() for n, b in m.named_buffers() if n.endswith('running_var')]
         return {k: torch.cat(v).double().cpu() for k, v in out.items()}
-    with _no_tf32():
+    with no_tf32():
         ref = grads(torch.float64, torch.contiguous_format)
         got = grads(torch.float32, torch.channels_last if channels_last else torch.contiguous_format)
     return {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}
-
-@contextmanager
-def _no_tf32():
-    "TF32 off for convolutions and matmuls inside: float32 means IEEE float32 on a GPU too."
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try: yield
-    finally: torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 # %% ../nbs/04_train.ipynb #d4aeed07
 def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float,

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ala_paper.losses import make_loss
 from ala_paper.models import build_model
 from ala_paper.core import atomic_write_json
-from ala_paper.train import (_no_tf32, _photo_tree, _step, auto_amp, git_commit, layout_gradient_error, loader_benchmark,
+from ala_paper.models import no_tf32
+from ala_paper.train import (_photo_tree, _step, auto_amp, git_commit, layout_gradient_error, loader_benchmark,
                              project_root, train)
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -96,7 +97,7 @@ def environment(dev, quick):
         x = a.to(dtype); x @ x; sync(dev); t0 = time.perf_counter()
         for _ in range(10): x @ x
         sync(dev); return 10 * 2 * 8192 ** 3 / (time.perf_counter() - t0) / 1e12
-    with _no_tf32(): fp32 = rate(torch.float32)
+    with no_tf32(): fp32 = rate(torch.float32)
     half = rate(amp_dtype())
     out.update(matmul_tflops={'fp32': round(fp32, 1), out['amp_auto']: round(half, 1)})
     assert half >= 2 * fp32, f"{out['amp_auto']} matmul is not 2x faster than float32: {out['matmul_tflops']}"
