@@ -395,6 +395,16 @@ def test_decode_on_device_trains_and_resumes_exactly(tmp_path):
     assert r.returncode == 2 and "decode_on_device crops like the 'imagenet' transform only" in r.stderr
 
 
+def test_decode_on_device_names_a_corrupt_image(tmp_path):
+    "A damaged JPEG decoded on the training device: one `error:` line that names the file, no traceback."
+    args = noisy_split_list(tmp_path / 'data', n=16)
+    (tmp_path / 'data' / '5.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+    r = cli(*args, '--decode_on_device', 'true', '--quiet', '--epochs', '1', '--out_dir', tmp_path / 'run')
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: cannot decode image '), r.stderr[-2000:]
+    assert str(tmp_path / 'data' / '5.jpg') in lines[0] and not (tmp_path / 'run' / 'results.json').exists()
+
+
 def test_grad_accum_splits_the_batch(tmp_path):
     "batch 128 as 4 micro-batches of 32: the first line says so, and the epoch sees the same images in as many steps."
     r = cli('--epochs', '1', '--grad_accum', '4', '--out_dir', tmp_path / 'a')
