@@ -32,10 +32,10 @@ __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARA
            'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
            'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
            'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup',
-           'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs',
-           'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate', 'write_results',
-           'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead',
-           'loader_benchmark']
+           'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch',
+           'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate',
+           'write_results', 'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun',
+           'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -483,7 +483,7 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
     factor = partial(lr_factor, steps_per_epoch=steps, milestones=params['milestones'],
                      warmup_epochs=params['warmup_epochs'], gamma=params['gamma'], warmup=params['warmup'])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(params['amp']) if dev.type == 'cuda' else None
+    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp_applied(params))
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     run = Run(params, data, model, model, crit.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
               base_weight=crit.weight)
@@ -495,6 +495,10 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
         run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     return run
 
+def amp_applied(params) -> str:
+    "The precision the steps run in: `amp` on CUDA; 'off' (float32) on the CPU, where the engine applies no autocast."
+    return params['amp'] if params['device'] == 'cuda' else 'off'
+
 def run_banner(run: Run) -> str:
     "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
     params, dev = run.params, run.dev
@@ -505,7 +509,9 @@ def run_banner(run: Run) -> str:
     micro = params['batch_size'] // (run.world * params['grad_accum'])
     split = f"batch {micro * params['grad_accum']} per process"
     if params['grad_accum'] > 1: split += f" in {params['grad_accum']} micro-batches of {micro}"
-    return (f"{params['dataset']} {params['loss']} {params['arch']} on {where} | amp {params['amp']} | "
+    amp = amp_applied(params)
+    if amp != params['amp']: amp += f" (amp={params['amp']} asked: the CPU runs float32)"
+    return (f"{params['dataset']} {params['loss']} {params['arch']} on {where} | amp {amp} | "
             f"{run.world} process{'es' if run.world > 1 else ''} | {split} ({params['batch_size']} in all) | {feed} | "
             f"{len(run.batches) // params['grad_accum']} steps per epoch")
 
@@ -576,7 +582,8 @@ def _env(params, world):
                 numpy=np.__version__, platform=platform.platform(), device=params['device'],
                 device_name=(torch.cuda.get_device_name() if params['device'] == 'cuda'
                              else platform.processor() or platform.machine()),
-                threads=torch.get_num_threads(), world_size=world, amp=params['amp'], git_commit=git_commit())
+                threads=torch.get_num_threads(), world_size=world, amp=amp_applied(params),
+                amp_asked=params['amp'], git_commit=git_commit())
 
 def _log(params, rank, msg):
     if params['verbose'] and rank == 0: print(msg, flush=True)

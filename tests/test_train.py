@@ -204,6 +204,14 @@ def test_first_line_says_where_and_how(tmp_path):
         assert part in first, first
 
 
+def test_amp_asked_on_the_cpu_says_what_runs(tmp_path):
+    "amp='bf16' on the CPU: no autocast there, so the first line and results.json say float32 ('off') runs."
+    r = cli('--epochs', '1', '--amp', 'bf16', '--device', 'cpu', '--out_dir', tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'amp off (amp=bf16 asked: the CPU runs float32)' in r.stdout.splitlines()[0], r.stdout
+    env = results(tmp_path)['env']
+    assert (env['amp'], env['amp_asked'], results(tmp_path)['params']['amp']) == ('off', 'bf16', 'bf16')
+
 def test_deterministic_sets_the_cublas_workspace_before_cuda(tmp_path, monkeypatch):
     monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
     train(epochs=1, deterministic=True, out_dir=tmp_path, verbose=False, progress=False)
