@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os
 if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
-import argparse, copy, inspect, json, math, platform, random, subprocess, sys, time
+import argparse, copy, inspect, json, math, platform, random, subprocess, sys, time, traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -31,11 +31,11 @@ from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init, no
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
            'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
            'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
-           'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup',
-           'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch',
-           'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate',
-           'write_results', 'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun',
-           'loop_overhead', 'loader_benchmark']
+           'atomic_save', 'dist_env', 'check_local_gpu', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
+           'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share',
+           'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch',
+           'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc',
+           'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -367,6 +367,13 @@ def atomic_save(obj, path):
 def dist_env():
     "(rank, world_size, local_rank) from torchrun's environment variables (0, 1, 0 without torchrun)."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
+
+def check_local_gpu(local_rank: int):
+    "One GPU per process: a `LOCAL_RANK` beyond the GPUs torch sees is one clear ValueError (not 'invalid device ordinal')."
+    gpus = torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise ValueError(f"LOCAL_RANK {local_rank} but torch sees {gpus} GPU(s) on this machine: start at most {gpus} "
+                         f"process(es) per machine (torchrun --nproc_per_node {gpus}), or check CUDA_VISIBLE_DEVICES")
 
 def _all_reduce(t):
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t)
@@ -803,6 +810,7 @@ def train(**kwargs) -> dict:
     if kwargs.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
     params = resolve_params(**kwargs)
     rank, world, local_rank = dist_env()
+    if params['device'] == 'cuda': check_local_gpu(local_rank)
     if params['batch_size'] % (world * params['grad_accum']):
         raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
                          f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "
@@ -902,6 +910,13 @@ def main(argv=None):
         code = 2 if isinstance(e, USER_MISTAKES) else 1
         if dist_env()[1] > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
         sys.exit(code)
+    except Exception as e:                     # under torchrun (CUDA, NCCL, a killed loader worker): the traceback, then
+        rank, world, _ = dist_env()            # one line naming the rank, and no teardown that would wait for the others
+        if world == 1: raise
+        traceback.print_exc()
+        print(f"error: rank {rank} of {world}: {type(e).__name__}: {error_line(e)} (unexpected: traceback above)",
+              file=sys.stderr, flush=True)
+        os._exit(1)
 
 # %% ../nbs/04_train.ipynb #e2a1c4d1
 #| eval: false

@@ -124,6 +124,38 @@ def test_class_weighted_gradient_under_ddp_equals_one_process(tmp_path):
     assert not all(torch.allclose(got['naive'][n], want[n], atol=1e-3) for n in want)   # what each rank's own mean gives
 
 
+
+@pytest.mark.parametrize('failing', ['0,1', '1'])
+def test_unexpected_error_on_a_rank_ends_in_one_line(tmp_path, failing):
+    "A non-user error (here a simulated CUDA error) on some ranks: each ends with `error: rank r of 2: ...`, exit != 0."
+    site = tmp_path / 'site'
+    site.mkdir()
+    (site / 'sitecustomize.py').write_text(   # runs in every process torchrun starts
+        "import os\nfrom ala_paper.data import BatchTransform\n"       # the first training step's batch transform fails
+        "def boom(self, *a, **kw):\n"
+        f"    if os.environ.get('RANK') in {failing.split(',')!r}: raise RuntimeError('CUDA error: an illegal memory access (simulated)')\n"
+        "    return _real(self, *a, **kw)\n"
+        "_real, BatchTransform.__call__ = BatchTransform.__call__, boom\n")
+    env = {**ENV, 'PYTHONPATH': f"{site}{os.pathsep}{ROOT}"}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
+                        'ala_paper.train', '--epochs', '1', '--out_dir', str(tmp_path / 'run'), '--quiet'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    lines = [l for l in (r.stdout + r.stderr).splitlines() if l.startswith('error: ')]
+    want = {f'error: rank {k} of 2: RuntimeError: CUDA error: an illegal memory access (simulated) (unexpected: traceback above)'
+            for k in failing.split(',')}
+    assert r.returncode != 0 and want <= set(lines), r.stderr[-3000:]
+    ranks = [l.split(' of 2: ')[0] for l in lines]   # a rank left waiting on a failed one says so in its own one line,
+    assert all(l.startswith('error: rank ') for l in lines) and len(ranks) == len(set(ranks))   # or torchrun ends it
+    assert not (tmp_path / 'run' / 'results.json').exists()
+
+
+def test_local_rank_beyond_the_gpus_is_one_clear_error(monkeypatch):
+    from ala_paper.train import check_local_gpu
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    check_local_gpu(0)
+    with pytest.raises(ValueError, match=r'LOCAL_RANK 1 but torch sees 1 GPU\(s\) on this machine: start at most 1'):
+        check_local_gpu(1)
+
 def test_torchrun_global_batch_must_divide(tmp_path):
     from ala_paper.train import run_torchrun
     with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 process"):
