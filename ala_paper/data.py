@@ -209,8 +209,9 @@ class ArrayBatches:
 
     def __iter__(self):
         order = torch.as_tensor(list(self.sampler) if self.sampler is not None else range(len(self.labels)))
+        order = order.to(self.images.device)      # once per epoch: no host-to-GPU copy (and sync) per step
         for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size].to(self.images.device)
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             x, y = self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

@@ -30,12 +30,12 @@ from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init, no
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
            'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
-           'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
-           'atomic_save', 'dist_env', 'check_local_gpu', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches',
-           'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share',
-           'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch',
-           'evaluate', 'write_results', 'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc',
-           'run_torchrun', 'loop_overhead', 'loader_benchmark']
+           'default_workers', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state',
+           'set_rng_state', 'atomic_save', 'dist_env', 'check_local_gpu', 'seed_of', 'SeededSampler', 'SeededDataset',
+           'make_batches', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
+           'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now',
+           'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'cli_parser', 'user_error', 'main',
+           'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -126,8 +126,10 @@ class Params:
     channels_last: bool = param(None, 'NHWC memory layout (None: on CUDA only; on the CPU its float32 BatchNorm is 10x less exact)')
     compile: bool = param(False, 'torch.compile the model')
     deterministic: bool = param(False, 'deterministic algorithms (slower)')
-    workers: int = param(None, "data-loading processes per training process (None: the preset's, at most the CPUs)",
-                         valid=at_least(0))
+    sync_bn: bool = param(False, "SyncBatchNorm under torchrun (CUDA): BatchNorm statistics over the global batch, as "
+                          "one process has them, not each GPU's share", resume=True, absent=False)
+    workers: int = param(None, "data-loading processes per training process (None: the CPUs per process less one; "
+                         "none for synthetic-lt)", valid=at_least(0))
     in_memory: bool = param(None, 'hold small images in memory (None: when they fit; false streams them)')
     decode_on_device: bool = param(False, 'decode JPEGs on the training device (nvJPEG on CUDA)')
     eval_every: int = param(0, 'also test every k epochs while training (0: at the end only); see best_test_epoch',
@@ -217,7 +219,7 @@ _FIELDS = {f.name: f for f in fields(Params)}
 def _fill_from_preset(params):
     preset = PRESETS[params['dataset']]
     if params['drw_epoch'] is None and params['loss'] not in DRW_LOSSES: params['drw_epoch'] = -1
-    if params['workers'] is None: params['workers'] = min(preset['workers'], cpus_per_process())
+    if params['workers'] is None: params['workers'] = default_workers(preset['workers'])
     if params['data_seed'] is None: params['data_seed'] = params['seed']   # a seed redraws the long-tailed subset
     if params['transform'] is None: params['transform'] = DEFAULT_TRANSFORM.get(params['dataset'], 'imagenet')
     if params['backbone_lr'] is None: params['backbone_lr'] = preset['backbone_lr'] or params['lr'] or preset['lr']
@@ -267,6 +269,10 @@ def cpus_per_process() -> int:
     "CPUs this process may use, shared among the processes torchrun starts on this machine."
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, cpus // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+
+def default_workers(preset_workers: int = 1) -> int:
+    "Loader workers when none are given: 0 stays 0 (synthetic-lt); else this process's CPUs less one (the loop's own)."
+    return 0 if preset_workers == 0 else max(1, cpus_per_process() - 1)
 
 def _resolve_device(device):
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -475,6 +481,7 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
     if params['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not params['deterministic']
     model = model.to(dev)
+    if params['sync_bn'] and world > 1: model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)   # same tensors
     if params['channels_last']: model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
                            dict(params=model.head.parameters())],
@@ -778,6 +785,12 @@ def evaluate(run: Run) -> dict | None:
     gathered = lambda k: torch.cat([part[k] for part in parts])[order]
     return dict(preds=gathered(1), targets=gathered(2), probs=gathered(3), adjusted_preds=gathered(4), scale=scale)
 
+def bn_batch(params, world: int) -> dict:
+    "Images each BatchNorm layer normalises over: one process's micro-batch, or the global one with sync_bn."
+    micro = params['batch_size'] // (world * params['grad_accum'])
+    synced = bool(params['sync_bn']) and world > 1
+    return dict(per_process=micro, sync_bn=synced, statistics_over=micro * world if synced else micro)
+
 def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
     "results.json (rank 0, atomically): the contract of DESIGN.md, the post-hoc adjusted accuracies, the logits file."
     params, data = run.params, run.data
@@ -796,7 +809,7 @@ def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
                    true_class_prob=[round(v, 4) for v in evaluation['probs'].tolist()],
                    seconds=time.time() - t_start, train_seconds=train_seconds,
                    images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
-                   env=_env(params, run.world))
+                   batchnorm=bn_batch(params, run.world), env=_env(params, run.world))
     atomic_write_json(results, run.out / RESULTS)
     show = lambda v: '-' if v is None else f'{v:.1f}'
     _log(params, run.rank, f"top-1 all {show(top1['all'])}  many {show(top1['many'])}  "
@@ -811,6 +824,8 @@ def train(**kwargs) -> dict:
     params = resolve_params(**kwargs)
     rank, world, local_rank = dist_env()
     if params['device'] == 'cuda': check_local_gpu(local_rank)
+    if params['sync_bn'] and world > 1 and params['device'] != 'cuda':
+        raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs): pass sync_bn=False on the CPU")
     if params['batch_size'] % (world * params['grad_accum']):
         raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
                          f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "
@@ -1033,7 +1048,7 @@ def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50
     import tempfile
     from ala_paper.data import ImageListDataset, make_transforms
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    workers = cpus_per_process() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     with tempfile.TemporaryDirectory() as tmp:
         root = root or tmp
         paths = _photo_tree(root, num_images)

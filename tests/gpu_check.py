@@ -308,19 +308,21 @@ def ddp_weighted_grad_and_augmentation(dev, quick):
 
 @check
 def nccl_train_two_gpus(dev, quick):
-    "`train()` under torchrun over NCCL on two GPUs: one result, every test image predicted once."
+    "`train()` under torchrun over NCCL on two GPUs with SyncBatchNorm: one result, every test image predicted once."
     needs_cuda(dev)
     if torch.cuda.device_count() < 2: raise Skip('needs two GPUs (the DDP item above ran gloo on one)')
     from ala_paper.data import load_dataset
     with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
-                            'ala_paper.train', '--epochs', '2', '--out_dir', d, '--quiet'], capture_output=True, text=True, timeout=300)
+                            'ala_paper.train', '--epochs', '2', '--sync_bn', 'true', '--out_dir', d, '--quiet'],
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(Path(d, 'results.json').read_text())
     n_test = len(load_dataset('synthetic-lt').test)
     out = dict(images_per_second=res['images_per_second'], top1=res['top1']['all'], world_size=res['env']['world_size'],
-               test_predictions=len(res['test_targets']), test_images=n_test)
+               test_predictions=len(res['test_targets']), test_images=n_test, batchnorm=res['batchnorm'])
     assert out['world_size'] == 2 and out['test_predictions'] == n_test, out
+    assert res['batchnorm']['sync_bn'] and res['batchnorm']['statistics_over'] == 2 * res['batchnorm']['per_process'], out
     return out
 
 

@@ -243,6 +243,28 @@ def test_amp_asked_on_the_cpu_says_what_runs(tmp_path):
     assert 'amp off (amp=bf16 asked: the CPU runs float32)' in r.stdout.splitlines()[0], r.stdout
     env = results(tmp_path)['env']
     assert (env['amp'], env['amp_asked'], results(tmp_path)['params']['amp']) == ('off', 'bf16', 'bf16')
+    assert results(tmp_path)['batchnorm'] == dict(per_process=128, sync_bn=False, statistics_over=128)
+
+
+def test_bn_batch_and_sync_bn(monkeypatch):
+    "results.json's `batchnorm`: what each BatchNorm layer normalises over; sync_bn is refused where it cannot run."
+    from ala_paper.train import bn_batch
+    p = dict(batch_size=256, grad_accum=2, sync_bn=False)
+    assert bn_batch(p, 2) == dict(per_process=64, sync_bn=False, statistics_over=64)
+    assert bn_batch({**p, 'sync_bn': True}, 2) == dict(per_process=64, sync_bn=True, statistics_over=128)
+    assert bn_batch({**p, 'sync_bn': True}, 1)['sync_bn'] is False            # one process: nothing to synchronise
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with pytest.raises(ValueError, match='sync_bn needs CUDA'):
+        train(sync_bn=True, device='cpu', epochs=1, verbose=False, progress=False)
+
+
+def test_default_workers_are_the_cpus_less_one(monkeypatch):
+    import ala_paper.train as t
+    monkeypatch.setattr(t, 'cpus_per_process', lambda: 16)
+    assert (t.default_workers(8), t.default_workers(4), t.default_workers(0)) == (15, 15, 0)   # synthetic-lt: none
+    monkeypatch.setattr(t, 'cpus_per_process', lambda: 1)
+    assert t.default_workers(8) == 1
+    assert resolve_params(dataset='imagenet-lt', device='cpu')['workers'] == 1
 
 def test_deterministic_sets_the_cublas_workspace_before_cuda(tmp_path, monkeypatch):
     monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
