@@ -333,8 +333,13 @@ def main(argv=None):
     ap.add_argument('--device', default='cuda')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (a CPU smoke run of the script itself)')
     ap.add_argument('--out', help='JSON report (default: figures/gpu_check_<gpu>.json)')
-    ap.add_argument('--only', nargs='*', help='run only these checks')
+    ap.add_argument('--only', nargs='*', help='run only these checks, in this order')
     a = ap.parse_args(argv)
+    by_name = {fn.__name__: fn for fn in CHECKS}
+    if a.only and set(a.only) - set(by_name):
+        print(f"error: no check {sorted(set(a.only) - set(by_name))[0]!r}; the checks are {', '.join(by_name)}", file=sys.stderr)
+        return 2
+    todo = [by_name[n] for n in a.only] if a.only else CHECKS
     if a.device == 'cuda' and not torch.cuda.is_available():
         print('error: no CUDA device visible to torch (nvidia-smi? driver too old for this torch?); '
               'use --device cpu --quick for a smoke run', file=sys.stderr)
@@ -346,8 +351,7 @@ def main(argv=None):
                   result='running', checks={})
     out.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
-    for fn in CHECKS:
-        if a.only and fn.__name__ not in a.only: continue
+    for fn in todo:
         t0 = time.time()
         try:
             rec = dict(status='passed', figures=fn(dev, a.quick))

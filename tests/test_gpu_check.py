@@ -1,6 +1,6 @@
 """The GPU check script: its CPU smoke mode (every check runs, or says it did not), and three regressions broken on
 purpose (the fp32 head, the global weight sum, the per-rank augmentation), each of which must fail it."""
-import json, subprocess, sys
+import json, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -91,3 +91,35 @@ def test_ddp_regressions_fail_the_check(tmp_path, monkeypatch, broken):
     monkeypatch.setenv('PYTHONPATH', f"{site}:{ROOT}")
     code, rec = check_alone(tmp_path, 'ddp_weighted_grad_and_augmentation')
     assert code == 1 and rec['status'] == 'failed' and why in rec['error'], rec
+
+
+def gpu_run(dest, *args):
+    r = subprocess.run(['bash', str(ROOT / 'tests' / 'gpu_run.sh'), str(dest), '--smoke', *args], capture_output=True,
+                       text=True, timeout=600)
+    return r, json.loads((dest / 'gpu_run.json').read_text())
+
+
+def test_gpu_run_smoke_fills_dest_and_skips_what_is_done(tmp_path):
+    "tests/gpu_run.sh --smoke: the check's report and two runs' results.json land in DEST; a second call runs nothing."
+    r, summary = gpu_run(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((tmp_path / 'gpu_check.json').read_text())['result'] == 'passed'
+    assert sorted(p.parts[-5] for p in (tmp_path / 'runs').rglob('results.json')) == ['ce', 'ldam-drw']
+    assert [v['state'] for v in summary['runs'].values()] == ['done', 'done'] and summary['commit']
+    r, summary = gpu_run(tmp_path)
+    assert r.returncode == 0 and '2 runs: 2 done, 0 to run' in r.stdout, r.stdout[-2000:]
+
+
+def test_gpu_run_stops_before_its_limit_and_resumes(tmp_path):
+    "Runs longer than --minutes get SIGTERM before it, keep their checkpoints, and the next call resumes them first."
+    t0 = time.time()
+    r, summary = gpu_run(tmp_path, '--minutes', '1', '--epochs', '400')
+    assert time.time() - t0 < 60 and r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert [v['state'] for v in summary['runs'].values()] == ['stopped', 'stopped'], summary
+    checkpoints = sorted((tmp_path / 'runs').rglob('checkpoint.pt'))
+    assert len(checkpoints) == 2 and not list((tmp_path / 'runs').rglob('results.json'))
+    first = [torch.load(c, weights_only=True)['epoch'] for c in checkpoints]
+    r, summary = gpu_run(tmp_path, '--minutes', '1', '--epochs', '400')
+    assert r.stdout.count('\nresume ') == 2, r.stdout[-2000:]
+    later = [torch.load(c, weights_only=True)['epoch'] for c in checkpoints]
+    assert all(b > a for a, b in zip(first, later)), (first, later)              # went on from the checkpoint
