@@ -18,10 +18,11 @@ from PIL import Image
 __all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'DRAWS', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP',
            'DEFAULT_TRANSFORM', 'LTData', 'fit_image', 'ToUint8', 'random_crop_flip', 'BatchTransform', 'Pipeline',
            'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb', 'ArrayDataset', 'decode_images',
-           'ArrayBatches', 'EncodedImages', 'collate_encoded', 'random_resized_box', 'DeviceDecoder', 'read_split_list',
-           'check_files_exist', 'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts',
-           'check_draw', 'long_tail_select', 'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders',
-           'synthetic_layout', 'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
+           'ArrayBatches', 'EncodedImages', 'EncodedBatch', 'collate_encoded', 'random_resized_box', 'DeviceDecoder',
+           'read_split_list', 'check_files_exist', 'class_counts_from_labels', 'fits_in_memory', 'read_inat_json',
+           'cifar_lt_counts', 'check_draw', 'long_tail_select', 'read_cifar', 'read_image_folder', 'cifar_layout',
+           'read_cifar_folders', 'synthetic_layout', 'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples',
+           'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
 DATASETS = ('synthetic-lt', 'cifar10-lt', 'cifar100-lt', 'imagenet-lt', 'places-lt', 'inat2018', 'split-list')
@@ -208,8 +209,9 @@ class ArrayBatches:
 
     def __iter__(self):
         order = torch.as_tensor(list(self.sampler) if self.sampler is not None else range(len(self.labels)))
+        order = order.to(self.images.device)      # once per epoch: no host-to-GPU copy (and sync) per step
         for k in range(len(self)):
-            idx = order[k * self.batch_size:(k + 1) * self.batch_size].to(self.images.device)
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             x, y = self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -219,11 +221,17 @@ class EncodedImages(torch.utils.data.Dataset):
     def __init__(self, images: ImageListDataset): self.images = images
     def __len__(self): return len(self.images)
     def __getitem__(self, i):   # a numpy array crosses from a worker by plain pickling, without file-descriptor sharing
-        return np.fromfile(self.images.path(i), dtype=np.uint8), int(self.images.targets[i])
+        path = self.images.path(i)
+        return np.fromfile(path, dtype=np.uint8), int(self.images.targets[i]), str(path)
+
+class EncodedBatch(list):
+    "A list of encoded files that keeps their `paths`, so a file that fails to decode can be named."
+    def __init__(self, files, paths): super().__init__(files); self.paths = list(paths)
+    def __reduce__(self): return EncodedBatch, (list(self), self.paths)
 
 def collate_encoded(batch):
-    "A batch of encoded files stays a list (their lengths differ)."
-    return [b for b, _ in batch], torch.tensor([y for _, y in batch])
+    "A batch of encoded files stays a list (their lengths differ), with their paths."
+    return EncodedBatch([b[0] for b in batch], [b[2] for b in batch]), torch.tensor([b[1] for b in batch])
 
 def random_resized_box(h: int, w: int, generator=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     "RandomResizedCrop's box `(top, left, height, width)`: 10 tries at a random area and aspect, else a centred crop."
@@ -248,10 +256,11 @@ class DeviceDecoder:
     def __call__(self, files, device, generator=None):
         import torchvision.io as io
         import torchvision.transforms.v2.functional as TF
+        paths = getattr(files, 'paths', [f'number {k} of the batch' for k in range(len(files))])
         files = [torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in files]
         try: images = io.decode_jpeg(files, mode=io.ImageReadMode.RGB, device=device)
         except RuntimeError:   # a PNG, or a JPEG nvJPEG refuses: decode one by one, on the CPU where needed
-            images = [self._decode_one(encoded, device) for encoded in files]
+            images = [self._decode_one(encoded, device, path) for encoded, path in zip(files, paths)]
         out = []
         for img in images:
             if self.train:
@@ -264,10 +273,14 @@ class DeviceDecoder:
             out.append(img)
         return torch.stack(out)
     @staticmethod
-    def _decode_one(encoded, device):
+    def _decode_one(encoded, device, path):
         import torchvision.io as io
         try: return io.decode_jpeg(encoded, mode=io.ImageReadMode.RGB, device=device)
-        except RuntimeError: return io.decode_image(encoded, mode=io.ImageReadMode.RGB).to(device)
+        except RuntimeError: pass
+        try: return io.decode_image(encoded, mode=io.ImageReadMode.RGB).to(device)
+        except RuntimeError as e:   # the words of `open_rgb`'s error, on the first line of torchvision's message
+            raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"replace or remove it from the list") from None
 
 # %% ../nbs/02_data.ipynb #5c0e2ee3
 def read_split_list(path) -> tuple[list, np.ndarray]:

@@ -12,19 +12,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['INITS', 'CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'exact_fp32', 'CosineClassifier', 'BasicBlock', 'CifarResNet',
-           'LTNet', 'load_backbone_weights', 'imagenet_weights', 'weights_file', 'check_init', 'build_model']
+__all__ = ['INITS', 'CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'no_tf32', 'exact_fp32', 'CosineClassifier', 'BasicBlock',
+           'CifarResNet', 'LTNet', 'load_backbone_weights', 'imagenet_weights', 'weights_file', 'check_init',
+           'build_model']
 
 # %% ../nbs/01_models.ipynb #a94a7fe2
+def _tf32_switches(convolutions: bool):
+    "(object, attribute, IEEE value) of the TF32 switches: PyTorch 2.9+'s `fp32_precision` API where it exists."
+    b = torch.backends
+    if hasattr(b.cuda.matmul, 'fp32_precision'):   # reading the legacy flags raises once a user set the new API
+        return [(b.cuda.matmul, 'fp32_precision', 'ieee')] + [(b.cudnn.conv, 'fp32_precision', 'ieee')] * convolutions
+    return [(b.cuda.matmul, 'allow_tf32', False)] + [(b.cudnn, 'allow_tf32', False)] * convolutions
+
+@contextmanager
+def no_tf32(convolutions: bool = True):
+    "Inside: TF32 off for matmuls (and convolutions), through the API this torch has; the user's settings restored."
+    switches = _tf32_switches(convolutions)
+    saved = [getattr(obj, name) for obj, name, _ in switches]
+    for obj, name, value in switches: setattr(obj, name, value)
+    try: yield
+    finally:
+        for (obj, name, _), value in zip(switches, saved): setattr(obj, name, value)
+
 @contextmanager
 def exact_fp32():
     "Inside: autocast off and TF32 off, so a matmul runs in IEEE float32 on every device."
-    matmul = torch.backends.cuda.matmul
-    tf32 = matmul.allow_tf32
-    matmul.allow_tf32 = False
-    try:
-        with torch.autocast('cuda', enabled=False), torch.autocast('cpu', enabled=False): yield
-    finally: matmul.allow_tf32 = tf32
+    with no_tf32(convolutions=False), torch.autocast('cuda', enabled=False), torch.autocast('cpu', enabled=False): yield
 
 class CosineClassifier(nn.Module):
     "Bias-free linear layer on L2-normalised features and class vectors: cos θ in [-1, 1] (eq. 5), in float32 at least."

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os
 if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
-import argparse, copy, inspect, json, math, platform, random, subprocess, sys, time
+import argparse, copy, inspect, json, math, platform, random, subprocess, sys, time, traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -25,17 +25,17 @@ from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches,
                             EncodedImages, check_draw, collate_encoded, load_dataset)
 from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
-from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init
+from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init, no_tf32
 
 # %% auto #0
 __all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
            'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
-           'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state', 'set_rng_state',
-           'atomic_save', 'dist_env', 'seed_of', 'SeededSampler', 'SeededDataset', 'make_batches', 'Run', 'setup',
-           'run_banner', 'restore', 'save_checkpoint', 'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs',
-           'predict', 'save_logits', 'predict_test_set', 'top1_now', 'best_test_epoch', 'evaluate', 'write_results',
-           'train', 'cli_parser', 'user_error', 'main', 'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead',
-           'loader_benchmark']
+           'default_workers', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state',
+           'set_rng_state', 'atomic_save', 'dist_env', 'check_local_gpu', 'seed_of', 'SeededSampler', 'SeededDataset',
+           'make_batches', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
+           'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now',
+           'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'cli_parser', 'user_error', 'main',
+           'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
 
 # %% ../nbs/04_train.ipynb #0ec50b76
 _IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
@@ -126,8 +126,10 @@ class Params:
     channels_last: bool = param(None, 'NHWC memory layout (None: on CUDA only; on the CPU its float32 BatchNorm is 10x less exact)')
     compile: bool = param(False, 'torch.compile the model')
     deterministic: bool = param(False, 'deterministic algorithms (slower)')
-    workers: int = param(None, "data-loading processes per training process (None: the preset's, at most the CPUs)",
-                         valid=at_least(0))
+    sync_bn: bool = param(False, "SyncBatchNorm under torchrun (CUDA): BatchNorm statistics over the global batch, as "
+                          "one process has them, not each GPU's share", resume=True, absent=False)
+    workers: int = param(None, "data-loading processes per training process (None: the CPUs per process less one; "
+                         "none for synthetic-lt)", valid=at_least(0))
     in_memory: bool = param(None, 'hold small images in memory (None: when they fit; false streams them)')
     decode_on_device: bool = param(False, 'decode JPEGs on the training device (nvJPEG on CUDA)')
     eval_every: int = param(0, 'also test every k epochs while training (0: at the end only); see best_test_epoch',
@@ -217,7 +219,7 @@ _FIELDS = {f.name: f for f in fields(Params)}
 def _fill_from_preset(params):
     preset = PRESETS[params['dataset']]
     if params['drw_epoch'] is None and params['loss'] not in DRW_LOSSES: params['drw_epoch'] = -1
-    if params['workers'] is None: params['workers'] = min(preset['workers'], cpus_per_process())
+    if params['workers'] is None: params['workers'] = default_workers(preset['workers'])
     if params['data_seed'] is None: params['data_seed'] = params['seed']   # a seed redraws the long-tailed subset
     if params['transform'] is None: params['transform'] = DEFAULT_TRANSFORM.get(params['dataset'], 'imagenet')
     if params['backbone_lr'] is None: params['backbone_lr'] = preset['backbone_lr'] or params['lr'] or preset['lr']
@@ -268,6 +270,10 @@ def cpus_per_process() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, cpus // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
 
+def default_workers(preset_workers: int = 1) -> int:
+    "Loader workers when none are given: 0 stays 0 (synthetic-lt); else this process's CPUs less one (the loop's own)."
+    return 0 if preset_workers == 0 else max(1, cpus_per_process() - 1)
+
 def _resolve_device(device):
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
     try: parsed = torch.device(device)
@@ -294,18 +300,10 @@ def layout_gradient_error(channels_last: bool, arch='resnet32', batch_size=128, 
         for name, p in m.named_parameters(): out.setdefault(kind(name, p), []).append(p.grad.flatten())
         out['bn running var'] = [b.flatten() for n, b in m.named_buffers() if n.endswith('running_var')]
         return {k: torch.cat(v).double().cpu() for k, v in out.items()}
-    with _no_tf32():
+    with no_tf32():
         ref = grads(torch.float64, torch.contiguous_format)
         got = grads(torch.float32, torch.channels_last if channels_last else torch.contiguous_format)
     return {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}
-
-@contextmanager
-def _no_tf32():
-    "TF32 off for convolutions and matmuls inside: float32 means IEEE float32 on a GPU too."
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try: yield
-    finally: torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 # %% ../nbs/04_train.ipynb #d4aeed07
 def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float,
@@ -375,6 +373,13 @@ def atomic_save(obj, path):
 def dist_env():
     "(rank, world_size, local_rank) from torchrun's environment variables (0, 1, 0 without torchrun)."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
+
+def check_local_gpu(local_rank: int):
+    "One GPU per process: a `LOCAL_RANK` beyond the GPUs torch sees is one clear ValueError (not 'invalid device ordinal')."
+    gpus = torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise ValueError(f"LOCAL_RANK {local_rank} but torch sees {gpus} GPU(s) on this machine: start at most {gpus} "
+                         f"process(es) per machine (torchrun --nproc_per_node {gpus}), or check CUDA_VISIBLE_DEVICES")
 
 def _all_reduce(t):
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(t)
@@ -476,6 +481,7 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
     if params['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not params['deterministic']
     model = model.to(dev)
+    if params['sync_bn'] and world > 1: model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)   # same tensors
     if params['channels_last']: model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
                            dict(params=model.head.parameters())],
@@ -491,7 +497,7 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
     factor = partial(lr_factor, steps_per_epoch=steps, milestones=params['milestones'],
                      warmup_epochs=params['warmup_epochs'], gamma=params['gamma'], warmup=params['warmup'])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(params['amp']) if dev.type == 'cuda' else None
+    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp_applied(params))
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     run = Run(params, data, model, model, crit.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
               base_weight=crit.weight)
@@ -503,6 +509,10 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
         run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     return run
 
+def amp_applied(params) -> str:
+    "The precision the steps run in: `amp` on CUDA; 'off' (float32) on the CPU, where the engine applies no autocast."
+    return params['amp'] if params['device'] == 'cuda' else 'off'
+
 def run_banner(run: Run) -> str:
     "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
     params, dev = run.params, run.dev
@@ -513,7 +523,9 @@ def run_banner(run: Run) -> str:
     micro = params['batch_size'] // (run.world * params['grad_accum'])
     split = f"batch {micro * params['grad_accum']} per process"
     if params['grad_accum'] > 1: split += f" in {params['grad_accum']} micro-batches of {micro}"
-    return (f"{params['dataset']} {params['loss']} {params['arch']} on {where} | amp {params['amp']} | "
+    amp = amp_applied(params)
+    if amp != params['amp']: amp += f" (amp={params['amp']} asked: the CPU runs float32)"
+    return (f"{params['dataset']} {params['loss']} {params['arch']} on {where} | amp {amp} | "
             f"{run.world} process{'es' if run.world > 1 else ''} | {split} ({params['batch_size']} in all) | {feed} | "
             f"{len(run.batches) // params['grad_accum']} steps per epoch")
 
@@ -584,7 +596,8 @@ def _env(params, world):
                 numpy=np.__version__, platform=platform.platform(), device=params['device'],
                 device_name=(torch.cuda.get_device_name() if params['device'] == 'cuda'
                              else platform.processor() or platform.machine()),
-                threads=torch.get_num_threads(), world_size=world, amp=params['amp'], git_commit=git_commit())
+                threads=torch.get_num_threads(), world_size=world, amp=amp_applied(params),
+                amp_asked=params['amp'], git_commit=git_commit())
 
 def _log(params, rank, msg):
     if params['verbose'] and rank == 0: print(msg, flush=True)
@@ -772,6 +785,12 @@ def evaluate(run: Run) -> dict | None:
     gathered = lambda k: torch.cat([part[k] for part in parts])[order]
     return dict(preds=gathered(1), targets=gathered(2), probs=gathered(3), adjusted_preds=gathered(4), scale=scale)
 
+def bn_batch(params, world: int) -> dict:
+    "Images each BatchNorm layer normalises over: one process's micro-batch, or the global one with sync_bn."
+    micro = params['batch_size'] // (world * params['grad_accum'])
+    synced = bool(params['sync_bn']) and world > 1
+    return dict(per_process=micro, sync_bn=synced, statistics_over=micro * world if synced else micro)
+
 def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
     "results.json (rank 0, atomically): the contract of DESIGN.md, the post-hoc adjusted accuracies, the logits file."
     params, data = run.params, run.data
@@ -790,7 +809,7 @@ def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
                    true_class_prob=[round(v, 4) for v in evaluation['probs'].tolist()],
                    seconds=time.time() - t_start, train_seconds=train_seconds,
                    images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
-                   env=_env(params, run.world))
+                   batchnorm=bn_batch(params, run.world), env=_env(params, run.world))
     atomic_write_json(results, run.out / RESULTS)
     show = lambda v: '-' if v is None else f'{v:.1f}'
     _log(params, run.rank, f"top-1 all {show(top1['all'])}  many {show(top1['many'])}  "
@@ -804,6 +823,9 @@ def train(**kwargs) -> dict:
     if kwargs.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
     params = resolve_params(**kwargs)
     rank, world, local_rank = dist_env()
+    if params['device'] == 'cuda': check_local_gpu(local_rank)
+    if params['sync_bn'] and world > 1 and params['device'] != 'cuda':
+        raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs): pass sync_bn=False on the CPU")
     if params['batch_size'] % (world * params['grad_accum']):
         raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
                          f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "
@@ -903,6 +925,13 @@ def main(argv=None):
         code = 2 if isinstance(e, USER_MISTAKES) else 1
         if dist_env()[1] > 1: os._exit(code)   # skip the process group's teardown: other processes may wait in a collective
         sys.exit(code)
+    except Exception as e:                     # under torchrun (CUDA, NCCL, a killed loader worker): the traceback, then
+        rank, world, _ = dist_env()            # one line naming the rank, and no teardown that would wait for the others
+        if world == 1: raise
+        traceback.print_exc()
+        print(f"error: rank {rank} of {world}: {type(e).__name__}: {error_line(e)} (unexpected: traceback above)",
+              file=sys.stderr, flush=True)
+        os._exit(1)
 
 # %% ../nbs/04_train.ipynb #e2a1c4d1
 #| eval: false
@@ -1019,7 +1048,7 @@ def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50
     import tempfile
     from ala_paper.data import ImageListDataset, make_transforms
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    workers = cpus_per_process() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     with tempfile.TemporaryDirectory() as tmp:
         root = root or tmp
         paths = _photo_tree(root, num_images)

@@ -1,23 +1,31 @@
-"""GPU check of the training engine: every item asserts, figures are measured, and a JSON report is written.
+"""GPU check of the training engine: every item asserts something a regression would break; figures are measured.
 
 Run on a machine with a CUDA GPU, from the repository root with the project installed:
 
     bash tests/gpu_check.sh                 # writes figures/gpu_check_<gpu>.json, exits 1 if any check failed
 
-`--device cpu --quick` runs the same script with tiny sizes on a CPU (CUDA-only checks are reported as
-skipped, never as passed): CI uses it to keep the script itself working. Budget on one GPU: under 10 minutes.
+The JSON report is rewritten after every item, so a timeout keeps what ran. `--device cpu --quick` runs the same
+script with tiny sizes on a CPU: what needs CUDA is reported as `not run` (with the CPU figures where some were
+measured), never as passed; CI uses it to keep the script working. tests/test_gpu_check.py breaks the fp32 head,
+the global weight sum and the per-rank augmentation on purpose and sees the check fail. Budget on one GPU: about
+5 minutes (an estimate: no line of this has run on a GPU yet).
 """
 import argparse, json, os, platform, re, subprocess, sys, tempfile, time, traceback
+from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ala_paper.data import ImageListDataset, make_transforms
 from ala_paper.losses import make_loss
 from ala_paper.models import build_model
-from ala_paper.train import _photo_tree, auto_amp, git_commit, layout_gradient_error, make_batches, project_root, train
+from ala_paper.core import atomic_write_json
+from ala_paper.models import no_tf32
+from ala_paper.train import (_photo_tree, _step, auto_amp, git_commit, layout_gradient_error, loader_benchmark,
+                             project_root, train)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ddp_weighted_grad import engine_run            # noqa: E402  (the engine's Run on synthetic-lt, as train() makes it)
 
 ROOT = project_root()
 CHECKS = []
@@ -28,7 +36,9 @@ def check(fn):
     CHECKS.append(fn); return fn
 
 
-class Skip(Exception): pass
+class Skip(Exception):
+    "The check did not run (it needs CUDA, or two GPUs): reported as `not run`, with what was measured before."
+    def __init__(self, reason, figures=None): super().__init__(reason); self.figures = figures
 
 
 def sync(dev):
@@ -44,16 +54,54 @@ def needs_cuda(dev):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Throughput floors: datasheet dense 16-bit tensor FLOP/s (bf16; fp16 where the GPU has no bf16; no sparsity) x
+# EFFICIENCY, divided by the training FLOPs per image that torch's FlopCounterMode counts on the step itself.
+# 4 % is well under what eager PyTorch reaches with bf16 + channels_last on these models (A100: ResNet-50 about
+# 2,500 img/s x 24.6 GFLOP = 20 % of 312 TFLOP/s, from published figures, not measured here), and above what a
+# float32 or NCHW regression gives on a tensor-core GPU. On an H200: 989e12 x 0.04 / 24.6e9 = about 1,600 img/s.
+DATASHEET_TFLOPS = [('H200', 989), ('H100 PCIe', 756), ('H100', 989), ('B200', 2250), ('A100', 312), ('L40S', 362),
+                    ('L40', 181), ('L4', 121), ('A10', 125), ('RTX 4090', 165), ('RTX A6000', 155), ('V100', 125),
+                    ('T4', 65)]   # first match on the device name: 'A100' before 'A10', 'L40S' before 'L40'
+EFFICIENCY = 0.04
+
+
+def amp_dtype():
+    return torch.bfloat16 if auto_amp() == 'bf16' else torch.float16
+
+
+def datasheet_tflops(dev):
+    name = torch.cuda.get_device_name(dev)
+    return next((tf for key, tf in DATASHEET_TFLOPS if key in name), None)
+
+
+def throughput_floor(dev, flops_per_image):
+    "Images/s a healthy step must reach: datasheet FLOP/s x EFFICIENCY / training FLOPs per image (None: GPU unknown)."
+    peak = datasheet_tflops(dev)
+    return None if peak is None else round(peak * 1e12 * EFFICIENCY / flops_per_image, 1)
+
 
 @check
 def environment(dev, quick):
+    "This torch has kernels for the GPU, and the precision `auto_amp` picks multiplies at least 2x float32's speed."
     out = dict(torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(), device=str(dev))
-    if dev.type == 'cuda':
-        cap = torch.cuda.get_device_capability(dev)
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        out.update(gpu=torch.cuda.get_device_name(dev), capability=f'{cap[0]}.{cap[1]}', bf16_native=native,
-                   gpus=torch.cuda.device_count(), amp_auto=auto_amp(), cudnn=torch.backends.cudnn.version())
-        assert out['amp_auto'] == ('bf16' if cap[0] >= 8 and native else 'fp16'), out
+    if dev.type != 'cuda': raise Skip('needs CUDA', out)
+    cap = torch.cuda.get_device_capability(dev)
+    archs = torch.cuda.get_arch_list()
+    out.update(gpu=torch.cuda.get_device_name(dev), capability=f'{cap[0]}.{cap[1]}', arch_list=archs,
+               gpus=torch.cuda.device_count(), amp_auto=auto_amp(), cudnn=torch.backends.cudnn.version(),
+               datasheet_tflops=datasheet_tflops(dev))
+    ptx = [a for a in archs if a.startswith('compute_') and int(a[8:]) <= 10 * cap[0] + cap[1]]
+    assert f'sm_{cap[0]}{cap[1]}' in archs or ptx, f'torch {torch.__version__} has no kernels for sm_{cap[0]}{cap[1]}: {archs}'
+    a = torch.randn(8192, 8192, device=dev)
+    def rate(dtype):
+        x = a.to(dtype); x @ x; sync(dev); t0 = time.perf_counter()
+        for _ in range(10): x @ x
+        sync(dev); return 10 * 2 * 8192 ** 3 / (time.perf_counter() - t0) / 1e12
+    with no_tf32(): fp32 = rate(torch.float32)
+    half = rate(amp_dtype())
+    out.update(matmul_tflops={'fp32': round(fp32, 1), out['amp_auto']: round(half, 1)})
+    assert half >= 2 * fp32, f"{out['amp_auto']} matmul is not 2x faster than float32: {out['matmul_tflops']}"
+    if cap[0] >= 8: assert out['amp_auto'] == 'bf16', out
     return out
 
 
@@ -106,22 +154,37 @@ def channels_last_as_exact(dev, quick):
 
 
 @check
-def grad_scaler_skips_inf(dev, quick):
-    "fp16 + GradScaler: a step whose gradients hold inf is skipped and the scale halves."
+def engine_fp16_step(dev, quick):
+    "The engine's own fp16 step (`setup` + `_step`, amp='fp16'): a step moves the weights; a step whose fp16 backward overflows is skipped and halves the scale; `train(amp='fp16')` finishes an epoch."
     needs_cuda(dev)
-    net = torch.nn.Linear(4, 2).to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler('cuda', init_scale=2.0 ** 10)
-    before = [p.detach().clone() for p in net.parameters()]
-    with torch.autocast('cuda', dtype=torch.float16):
-        loss = net(torch.randn(3, 4, device=dev)).sum() * float('inf')
-    scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters())), 'parameters changed on an inf step'
-    assert scaler.get_scale() == 2.0 ** 9, scaler.get_scale()
-    return dict(scale_after=scaler.get_scale())
+    with tempfile.TemporaryDirectory() as d:
+        run = engine_run(dev, d, amp='fp16')
+        assert run.scaler is not None and run.amp_dtype == torch.float16, (run.scaler, run.amp_dtype)
+        x = torch.from_numpy(run.data.train.data[:64]).permute(0, 3, 1, 2).to(dev)
+        y = torch.from_numpy(run.data.train.targets[:64]).to(dev)
+        prep, sums = run.data.pipeline.train_batch, torch.zeros(3, dtype=torch.float64, device=dev)
+        params = lambda: [p.detach().clone() for p in run.raw.parameters()]
+        before = params()
+        for finite_steps in range(1, 6):       # the first scale (2^16) may overflow: that step is skipped, the next not
+            _step(run, [(x, y)], prep, sums)
+            moved = sum(not torch.equal(a, b) for a, b in zip(before, run.raw.parameters()))
+            if moved: break
+        run.scaler.update(new_scale=2.0 ** 100)   # an overflow in the fp16 backward (the loss rejects inf logits)
+        before, scale = params(), run.scaler.get_scale()
+        _step(run, [(x, y)], prep, sums)
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, run.raw.parameters()))
+        out = dict(finite_steps=finite_steps, tensors_moved_by_finite_step=moved, scale_before_overflow=scale,
+                   scale_after_overflow=run.scaler.get_scale(), unchanged_after_overflow=unchanged)
+        assert moved > 0 and unchanged and out['scale_after_overflow'] == scale / 2, out
+        r = train(dataset='synthetic-lt', amp='fp16', epochs=1, device='cuda', out_dir=f'{d}/run', verbose=False, progress=False)
+    out.update(amp=r['params']['amp'], top1=r['top1']['all'])
+    assert r['params']['amp'] == 'fp16', out
+    return out
 
 
 def _throughput(arch, dev, batch, steps, compile_=False, classes=8142):
+    "Images/s of a bf16 (fp16 without bf16) channels_last training step, and its FLOPs per image (eager only)."
+    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(0)
     model = build_model(arch, classes, cosine=True).to(dev).to(memory_format=torch.channels_last)
     crit = make_loss('ala', [max(2, int(1000 * 0.01 ** (i / (classes - 1)))) for i in range(classes)], validate=False).to(dev)
@@ -130,59 +193,66 @@ def _throughput(arch, dev, batch, steps, compile_=False, classes=8142):
     x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=dev)
     def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=amp_dtype()):
             out = run(x)
         loss = crit(out.float(), y); opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter(); step(); step(); sync(dev); warm = time.perf_counter() - t0
+    counter = nullcontext() if compile_ else FlopCounterMode(display=False)
+    t0 = time.perf_counter()
+    with counter: step()
+    step(); sync(dev); warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps): step()
     sync(dev)
     rate = steps * batch / (time.perf_counter() - t0)
     del model, opt, run
     if dev.type == 'cuda': torch.cuda.empty_cache()
-    return dict(images_per_second=round(rate, 1), peak_gib=peak_gib(dev), warmup_seconds=round(warm, 1), batch=batch)
+    out = dict(images_per_second=round(rate, 1), peak_gib=peak_gib(dev), warmup_seconds=round(warm, 1), batch=batch)
+    if not compile_: out['gflops_per_image'] = round(counter.get_total_flops() / batch / 1e9, 2)
+    return out
+
+
+def _assert_floor(dev, out, rates):
+    "Fill in the floor from the eager step's FLOPs; `not run` on an unknown GPU; every rate in `rates` above it."
+    out['floor_images_per_second'] = floor = throughput_floor(dev, out['gflops_per_image'] * 1e9)
+    out['floor_formula'] = f"{datasheet_tflops(dev)} TFLOP/s x {EFFICIENCY} / {out['gflops_per_image']} GFLOP per image"
+    if floor is None:
+        raise Skip(f'no datasheet FLOP/s for {torch.cuda.get_device_name(dev)}: add it to DATASHEET_TFLOPS', out)
+    assert all(r >= floor for r in rates), out
 
 
 @check
 def resnet50_batch512_bf16(dev, quick):
-    "ResNet-50, batch 512, bf16 autocast, channels_last, 8,142-class ALA head: eager and compiled."
+    "ResNet-50, batch 512, bf16 autocast, channels_last, 8,142-class ALA head: eager and compiled, each above the floor."
     needs_cuda(dev)
-    out = dict(eager=_throughput('resnet50', dev, 512, 20))
-    out['compiled'] = _throughput('resnet50', dev, 512, 20, compile_=True)
-    assert out['eager']['images_per_second'] > 0 and out['compiled']['images_per_second'] > 0
-    out['compiled_over_eager'] = round(out['compiled']['images_per_second'] / out['eager']['images_per_second'], 3)
+    eager = _throughput('resnet50', dev, 512, 20)
+    out = dict(eager=eager, compiled=_throughput('resnet50', dev, 512, 20, compile_=True),
+               gflops_per_image=eager['gflops_per_image'])
+    out['compiled_over_eager'] = round(out['compiled']['images_per_second'] / eager['images_per_second'], 3)
+    _assert_floor(dev, out, [eager['images_per_second'], out['compiled']['images_per_second']])
     return out
 
 
 @check
 def other_backbones_batch256(dev, quick):
-    "ResNeXt-50 32x4d (ImageNet-LT) and ResNet-152 (Places-LT) at batch 256, bf16, channels_last."
+    "ResNeXt-50 32x4d (ImageNet-LT) and ResNet-152 (Places-LT) at batch 256, bf16, channels_last: each above its floor."
     needs_cuda(dev)
-    return {arch: _throughput(arch, dev, 256, 10, classes=1000 if arch != 'resnet152' else 365)
-            for arch in ('resnext50_32x4d', 'resnet152')}
+    out = {arch: _throughput(arch, dev, 256, 10, classes=1000 if arch != 'resnet152' else 365)
+           for arch in ('resnext50_32x4d', 'resnet152')}
+    for arch, fig in out.items():
+        _assert_floor(dev, fig, [fig['images_per_second']])
+    return out
 
 
 @check
-def jpeg_loader_vs_split_list_epoch(dev, quick):
-    "The JPEG pipeline alone, then one training epoch of split-list on the same generated JPEGs: the ratio."
-    n = 96 if quick else 3000
-    with tempfile.TemporaryDirectory() as d:
-        paths = _photo_tree(d, n, size=(500, 375))
-        (Path(d) / 'list.txt').write_text(''.join(f'{p} {p[0]}\n' for p in paths))
-        workers = min(16, os.cpu_count() or 1)
-        data = ImageListDataset(d, paths, [int(p[0]) for p in paths], make_transforms('imagenet').train_sample)
-        batches = make_batches(data, 64, torch.utils.data.RandomSampler(data), workers, dev, drop_last=True, seed=0)
-        t0 = time.perf_counter(); seen = sum(len(x) for x, _ in batches); sync(dev)
-        loader = seen / (time.perf_counter() - t0)
-        arch = 'resnet8' if quick else 'resnet50'
-        r = train(dataset='split-list', data_root=d, train_list='list.txt', test_list='list.txt', arch=arch, epochs=1,
-                  batch_size=64 if quick else 256, device=dev.type, workers=workers, out_dir=f'{d}/run', verbose=False,
-                  progress=False)
-    out = dict(images=n, workers=workers, loader_images_per_second=round(loader, 1),
-               train_images_per_second=round(r['images_per_second'], 1), arch=arch,
-               train_over_loader=round(r['images_per_second'] / loader, 3))
-    assert loader > 0 and r['images_per_second'] > 0
+def jpeg_loader_keeps_up(dev, quick):
+    "`loader_benchmark`: the JPEG pipeline at the engine's default worker count feeds at least the model's steady-state step rate."
+    arch = 'resnet8' if quick else 'resnet50'
+    r = loader_benchmark(num_images=48 if quick else 512, batch_size=16 if quick else 64, arch=arch,
+                         steps=2 if quick else 10, device=dev.type)
+    out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+    if dev.type != 'cuda': raise Skip('the loader-vs-step threshold is for a GPU step; CPU figures measured', out)
+    assert r['loader_images_per_second'] >= r['model_images_per_second'], out
     return out
 
 
@@ -217,17 +287,46 @@ def corrupt_jpeg_is_named(dev, quick):
 
 
 @check
-def nccl_ddp_two_gpus(dev, quick):
-    "Two processes over NCCL (when there are two GPUs): one result, every test image once."
+def ddp_weighted_grad_and_augmentation(dev, quick):
+    """Two processes through the engine (tests/ddp_weighted_grad.py): the class-weighted loss's gradient equals one
+    process on the same global batch (the global weight sum), and each rank draws its own augmentation.
+    CPU: gloo; one GPU: gloo on CUDA tensors, both ranks on it (NCCL refuses that); two GPUs or more: NCCL."""
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
+        r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                            str(ROOT / 'tests' / 'ddp_weighted_grad.py'), 'engine', dev.type, f'{d}/out.pt'],
+                           capture_output=True, text=True, timeout=300, env=env, cwd=d)
+        assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-2500:]
+        res = torch.load(f'{d}/out.pt', weights_only=True)
+    ref = res['one_process_grads']
+    grad_err = max(((res['ddp_grads'][k] - ref[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
+    p0, p1 = res['probes']
+    out = dict(backend=res['backend'], world=res['world'], device=res['device'], grad_rel_error=grad_err,
+               probe_pixels_differing=round((p0 != p1).float().mean().item(), 3),
+               shared_image_seeds=len(set(res['seeds'][0]) & set(res['seeds'][1])))
+    assert grad_err < 1e-5, f'2-process gradient differs from one process on the same global batch: {out}'
+    assert out['probe_pixels_differing'] > 0 and out['shared_image_seeds'] == 0, f'ranks draw the same augmentation: {out}'
+    return out
+
+
+@check
+def nccl_train_two_gpus(dev, quick):
+    "`train()` under torchrun over NCCL on two GPUs with SyncBatchNorm: one result, every test image predicted once."
     needs_cuda(dev)
-    if torch.cuda.device_count() < 2: raise Skip('one GPU')
+    if torch.cuda.device_count() < 2: raise Skip('needs two GPUs (the DDP item above ran gloo on one)')
+    from ala_paper.data import load_dataset
     with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
-                            'ala_paper.train', '--epochs', '2', '--out_dir', d, '--quiet'], capture_output=True, text=True, timeout=300)
+                            'ala_paper.train', '--epochs', '2', '--sync_bn', 'true', '--out_dir', d, '--quiet'],
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(Path(d, 'results.json').read_text())
-    assert res['env']['world_size'] == 2 and len(res['test_targets']) == len(set(range(len(res['test_targets']))))
-    return dict(images_per_second=res['images_per_second'], top1=res['top1']['all'])
+    n_test = len(load_dataset('synthetic-lt').test)
+    out = dict(images_per_second=res['images_per_second'], top1=res['top1']['all'], world_size=res['env']['world_size'],
+               test_predictions=len(res['test_targets']), test_images=n_test, batchnorm=res['batchnorm'])
+    assert out['world_size'] == 2 and out['test_predictions'] == n_test, out
+    assert res['batchnorm']['sync_bn'] and res['batchnorm']['statistics_over'] == 2 * res['batchnorm']['per_process'], out
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,8 +336,13 @@ def main(argv=None):
     ap.add_argument('--device', default='cuda')
     ap.add_argument('--quick', action='store_true', help='tiny sizes (a CPU smoke run of the script itself)')
     ap.add_argument('--out', help='JSON report (default: figures/gpu_check_<gpu>.json)')
-    ap.add_argument('--only', nargs='*', help='run only these checks')
+    ap.add_argument('--only', nargs='*', help='run only these checks, in this order')
     a = ap.parse_args(argv)
+    by_name = {fn.__name__: fn for fn in CHECKS}
+    if a.only and set(a.only) - set(by_name):
+        print(f"error: no check {sorted(set(a.only) - set(by_name))[0]!r}; the checks are {', '.join(by_name)}", file=sys.stderr)
+        return 2
+    todo = [by_name[n] for n in a.only] if a.only else CHECKS
     if a.device == 'cuda' and not torch.cuda.is_available():
         print('error: no CUDA device visible to torch (nvidia-smi? driver too old for this torch?); '
               'use --device cpu --quick for a smoke run', file=sys.stderr)
@@ -246,27 +350,28 @@ def main(argv=None):
     dev = torch.device(a.device)
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'
     out = Path(a.out or ROOT / 'figures' / f"gpu_check_{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.json")
-    report = dict(commit=git_commit(), started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), device=name, quick=a.quick, checks={})
+    report = dict(commit=git_commit(), started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), device=name, quick=a.quick,
+                  result='running', checks={})
+    out.parent.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
-    for fn in CHECKS:
-        if a.only and fn.__name__ not in a.only: continue
+    for fn in todo:
         t0 = time.time()
         try:
             rec = dict(status='passed', figures=fn(dev, a.quick))
         except Skip as e:
-            rec = dict(status='skipped', reason=str(e))
+            rec = dict(status='not run', reason=str(e), figures=e.figures)
         except Exception as e:   # a failed assertion or a crash: both fail the check, with the reason
             rec = dict(status='failed', error=f'{type(e).__name__}: {e}', traceback=traceback.format_exc()[-3000:])
         rec['seconds'] = round(time.time() - t0, 1)
         report['checks'][fn.__name__] = rec
+        report['seconds'] = round(time.time() - t_all, 1)
+        atomic_write_json(report, out)            # after every item: a timeout keeps what ran
         print(f"{rec['status'].upper():7s} {fn.__name__} ({rec['seconds']} s) "
               f"{rec.get('error') or rec.get('reason') or json.dumps(rec.get('figures'))[:300]}", flush=True)
         if dev.type == 'cuda': torch.cuda.empty_cache()
-    report['seconds'] = round(time.time() - t_all, 1)
     failed = [k for k, v in report['checks'].items() if v['status'] == 'failed']
     report['result'] = 'failed' if failed else 'passed'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + '\n')
+    atomic_write_json(report, out)
     print(f"{report['result']}: {len(failed)} failed, report in {out}", flush=True)
     return 1 if failed else 0
 

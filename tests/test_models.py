@@ -1,4 +1,5 @@
 """Backbones and pretrained-weight loading (no downloads: weights come from state_dict files in tmp dirs)."""
+import subprocess, sys
 import pytest
 import torch
 import torchvision
@@ -47,3 +48,24 @@ def test_weights_only_refuses_pickled_code(tmp_path, capsys):
     with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only"):
         build_model("resnet8", 10, cosine=True, pretrained=tmp_path / "evil.pt")
     assert "pwned" not in capsys.readouterr().out            # the payload never ran
+
+
+@pytest.mark.parametrize('user_sets', ["torch.backends.fp32_precision = 'tf32'",          # the new API (PyTorch 2.9+)
+                                       "torch.backends.cuda.matmul.allow_tf32 = True"])  # the legacy one
+def test_cosine_head_under_either_tf32_api(user_sets):
+    "A fresh process sets TF32 one way; the head and the float64 layout check run, and leave the setting as it was."
+    code = f"""
+import torch
+from ala_paper.models import CosineClassifier
+from ala_paper.train import layout_gradient_error
+{user_sets}
+before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+with torch.autocast('cpu', dtype=torch.bfloat16):
+    out = CosineClassifier(8, 3)(torch.randn(4, 8))
+assert out.dtype == torch.float32, out.dtype
+err = layout_gradient_error(False, arch='resnet8', batch_size=4)
+assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+print('ok', before, max(err.values()) < 1e-3)
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok ('tf32', 'tf32') True"), r.stderr[-2000:]

@@ -124,6 +124,38 @@ def test_class_weighted_gradient_under_ddp_equals_one_process(tmp_path):
     assert not all(torch.allclose(got['naive'][n], want[n], atol=1e-3) for n in want)   # what each rank's own mean gives
 
 
+
+@pytest.mark.parametrize('failing', ['0,1', '1'])
+def test_unexpected_error_on_a_rank_ends_in_one_line(tmp_path, failing):
+    "A non-user error (here a simulated CUDA error) on some ranks: each ends with `error: rank r of 2: ...`, exit != 0."
+    site = tmp_path / 'site'
+    site.mkdir()
+    (site / 'sitecustomize.py').write_text(   # runs in every process torchrun starts
+        "import os\nfrom ala_paper.data import BatchTransform\n"       # the first training step's batch transform fails
+        "def boom(self, *a, **kw):\n"
+        f"    if os.environ.get('RANK') in {failing.split(',')!r}: raise RuntimeError('CUDA error: an illegal memory access (simulated)')\n"
+        "    return _real(self, *a, **kw)\n"
+        "_real, BatchTransform.__call__ = BatchTransform.__call__, boom\n")
+    env = {**ENV, 'PYTHONPATH': f"{site}{os.pathsep}{ROOT}"}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m',
+                        'ala_paper.train', '--epochs', '1', '--out_dir', str(tmp_path / 'run'), '--quiet'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    lines = [l for l in (r.stdout + r.stderr).splitlines() if l.startswith('error: ')]
+    want = {f'error: rank {k} of 2: RuntimeError: CUDA error: an illegal memory access (simulated) (unexpected: traceback above)'
+            for k in failing.split(',')}
+    assert r.returncode != 0 and want <= set(lines), r.stderr[-3000:]
+    ranks = [l.split(' of 2: ')[0] for l in lines]   # a rank left waiting on a failed one says so in its own one line,
+    assert all(l.startswith('error: rank ') for l in lines) and len(ranks) == len(set(ranks))   # or torchrun ends it
+    assert not (tmp_path / 'run' / 'results.json').exists()
+
+
+def test_local_rank_beyond_the_gpus_is_one_clear_error(monkeypatch):
+    from ala_paper.train import check_local_gpu
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    check_local_gpu(0)
+    with pytest.raises(ValueError, match=r'LOCAL_RANK 1 but torch sees 1 GPU\(s\) on this machine: start at most 1'):
+        check_local_gpu(1)
+
 def test_torchrun_global_batch_must_divide(tmp_path):
     from ala_paper.train import run_torchrun
     with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 process"):
@@ -203,6 +235,36 @@ def test_first_line_says_where_and_how(tmp_path):
                  "images in memory", f"{1321 // 128} steps per epoch"):
         assert part in first, first
 
+
+def test_amp_asked_on_the_cpu_says_what_runs(tmp_path):
+    "amp='bf16' on the CPU: no autocast there, so the first line and results.json say float32 ('off') runs."
+    r = cli('--epochs', '1', '--amp', 'bf16', '--device', 'cpu', '--out_dir', tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'amp off (amp=bf16 asked: the CPU runs float32)' in r.stdout.splitlines()[0], r.stdout
+    env = results(tmp_path)['env']
+    assert (env['amp'], env['amp_asked'], results(tmp_path)['params']['amp']) == ('off', 'bf16', 'bf16')
+    assert results(tmp_path)['batchnorm'] == dict(per_process=128, sync_bn=False, statistics_over=128)
+
+
+def test_bn_batch_and_sync_bn(monkeypatch):
+    "results.json's `batchnorm`: what each BatchNorm layer normalises over; sync_bn is refused where it cannot run."
+    from ala_paper.train import bn_batch
+    p = dict(batch_size=256, grad_accum=2, sync_bn=False)
+    assert bn_batch(p, 2) == dict(per_process=64, sync_bn=False, statistics_over=64)
+    assert bn_batch({**p, 'sync_bn': True}, 2) == dict(per_process=64, sync_bn=True, statistics_over=128)
+    assert bn_batch({**p, 'sync_bn': True}, 1)['sync_bn'] is False            # one process: nothing to synchronise
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with pytest.raises(ValueError, match='sync_bn needs CUDA'):
+        train(sync_bn=True, device='cpu', epochs=1, verbose=False, progress=False)
+
+
+def test_default_workers_are_the_cpus_less_one(monkeypatch):
+    import ala_paper.train as t
+    monkeypatch.setattr(t, 'cpus_per_process', lambda: 16)
+    assert (t.default_workers(8), t.default_workers(4), t.default_workers(0)) == (15, 15, 0)   # synthetic-lt: none
+    monkeypatch.setattr(t, 'cpus_per_process', lambda: 1)
+    assert t.default_workers(8) == 1
+    assert resolve_params(dataset='imagenet-lt', device='cpu')['workers'] == 1
 
 def test_deterministic_sets_the_cublas_workspace_before_cuda(tmp_path, monkeypatch):
     monkeypatch.delenv('CUBLAS_WORKSPACE_CONFIG', raising=False)
@@ -393,6 +455,16 @@ def test_decode_on_device_trains_and_resumes_exactly(tmp_path):
     assert ra['params']['decode_on_device'] is True and ra['true_class_prob'] == rb['true_class_prob']
     r = cli(*args, '--transform', 'cifar', '--epochs', '1', '--out_dir', tmp_path / 'c')
     assert r.returncode == 2 and "decode_on_device crops like the 'imagenet' transform only" in r.stderr
+
+
+def test_decode_on_device_names_a_corrupt_image(tmp_path):
+    "A damaged JPEG decoded on the training device: one `error:` line that names the file, no traceback."
+    args = noisy_split_list(tmp_path / 'data', n=16)
+    (tmp_path / 'data' / '5.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+    r = cli(*args, '--decode_on_device', 'true', '--quiet', '--epochs', '1', '--out_dir', tmp_path / 'run')
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: cannot decode image '), r.stderr[-2000:]
+    assert str(tmp_path / 'data' / '5.jpg') in lines[0] and not (tmp_path / 'run' / 'results.json').exists()
 
 
 def test_grad_accum_splits_the_batch(tmp_path):
