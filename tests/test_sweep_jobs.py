@@ -193,7 +193,9 @@ def test_interrupting_a_jobs_sweep_stops_every_run_and_leaves_no_process(tmp_pat
     sweep = subprocess.Popen([sys.executable, '-m', 'ala_paper.sweep', '--table', 'bench', '--rows', 'ce', 'qf',
                               '--runs-dir', str(runs), '--notebook', str(tmp_path/'slow.ipynb'), '--jobs', '2'],
                              cwd=tmp_path, env={**os.environ, 'PYTHONPATH': str(ROOT)}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             # a shell's background job (`cmd &`) inherits SIGINT ignored; Ctrl-C reaches a foreground one
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     folders = [e.out_dir for e in plan('bench', None, [0], runs, ['ce', 'qf'])]
     deadline = time.time() + 300
     while not all((f/'kernel.pid').is_file() for f in folders):
@@ -202,7 +204,11 @@ def test_interrupting_a_jobs_sweep_stops_every_run_and_leaves_no_process(tmp_pat
     kernels = [int((f/'kernel.pid').read_text()) for f in folders]
     workers = [int((f/LOCK).read_text().split()[1]) for f in folders]
     sweep.send_signal(signal.SIGINT)                                   # Ctrl-C
-    out, err = sweep.communicate(timeout=120)
+    try: out, err = sweep.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        for pid in [sweep.pid] + workers + kernels:
+            if alive(pid): os.kill(pid, signal.SIGKILL)        # leave nothing training behind a failed test
+        raise AssertionError('the sweep did not stop within 120 s of Ctrl-C')
     assert sweep.returncode == 130 and 'interrupted: the runs under way were stopped' in err, out + err
     assert 'Traceback' not in err
     time.sleep(3)
