@@ -8,10 +8,20 @@
 # them exactly (tests/test_train.py checks exact resume after SIGKILL).
 #
 #   bash tests/gpu_run.sh DEST [--minutes 12] [--jobs 12] [--seeds 0 1 ...] [--data_root data] [--epochs E]
+#                              [--data_tar FILE] [--pack DIR]
 #   bash tests/gpu_run.sh DEST --smoke      # CPU smoke run (CI, tests/test_gpu_check.py): tiny CIFAR-format
 #                                           # data made on the fly, 2 rows x 2 epochs, 2 runs at once, ~1 minute
 #
-# Needs CIFAR-10's python pickles in --data_root (data/README.md); the GPU machine may have no internet.
+# Data: CIFAR-10's python pickles or its image folders (train/<class>/*, test/<class>/*) in --data_root (data/README.md),
+# or --data_tar FILE, a .tar / .tar.xz / .tar.gz of those folders, extracted once into DEST/data. The GPU machine
+# may have no internet, and what travels to it is limited (64 MiB): the shared JPEG copy xz-compresses to ~19 MB,
+#   xz -T0 -c ../shared/datasets/cifar10-jpeg.tar > data/cifar10-jpeg.tar.xz      (git ignores data/*.tar.xz)
+# and gpu_run.json records the sha256 of the tar inside, to compare with ../shared/datasets/README.md.
+# --pack DIR: at the end, also writes DEST's results into at most 8 files of at most 15 MiB in DIR (what a lent
+# GPU machine sends back): gpu_check.json, gpu_run.json, runs.tar.gz (every file of DEST/runs but the checkpoints;
+# `tar -xzf runs.tar.gz -C DEST` restores them) and checkpoints-K.tar (the checkpoints, to resume elsewhere).
+# A prepared call on a lent machine (runs/ is ignored, so a warm machine keeps DEST between calls):
+#   bash tests/gpu_run.sh runs/gpu --minutes 8 --data_tar data/cifar10-jpeg.tar.xz --pack "$OUT"
 #
 # RUNTIME ESTIMATE (an estimate: no line of this has run on a GPU). Measured here: ResNet-32 on 32x32 images costs
 # 0.412 GFLOP per training image (torch's FlopCounterMode, forward + backward); one CPU thread of this project's
@@ -26,18 +36,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { echo "error: usage: bash tests/gpu_run.sh DEST [--minutes M] [--jobs N] [--seeds S ...] [--data_root DIR] [--epochs E] [--smoke]" >&2; exit 2; }
 DEST=$1; shift
-MINUTES=12; JOBS=12; SEEDS=0; DATA_ROOT=data; SMOKE=0; EPOCHS=
+MINUTES=12; JOBS=12; SEEDS=0; DATA_ROOT=data; SMOKE=0; EPOCHS=; DATA_TAR=; PACK=
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) MINUTES=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
     --epochs) EPOCHS=$2; shift 2 ;;
     --data_root) DATA_ROOT=$2; shift 2 ;;
+    --data_tar) DATA_TAR=$2; shift 2 ;;
+    --pack) PACK=$2; shift 2 ;;
     --seeds) shift; SEEDS=""; while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do SEEDS="$SEEDS $1"; shift; done ;;
     --smoke) SMOKE=1; JOBS=2; shift ;;
     *) echo "error: unknown option $1 (see the top of tests/gpu_run.sh)" >&2; exit 2 ;;
   esac
 done
+# the data first: a missing or wrong data path ends here, before minutes of GPU check
+if [ -n "$DATA_TAR" ]; then [ -f "$DATA_TAR" ] || { echo "error: --data_tar $DATA_TAR is not a file (see the top of tests/gpu_run.sh)" >&2; exit 2; }
+elif [ $SMOKE = 0 ] && [ ! -d "$DATA_ROOT/cifar-10-batches-py" ] && ! { [ -d "$DATA_ROOT/train" ] && [ -d "$DATA_ROOT/test" ]; }; then
+  echo "error: $DATA_ROOT holds neither cifar-10-batches-py/ (CIFAR-10's python pickles) nor train/ and test/ class folders: pass --data_root DIR or --data_tar FILE (data/README.md, the top of tests/gpu_run.sh)" >&2; exit 2
+fi
 mkdir -p "$DEST"
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE GPU_RUN_DEADLINE=$(( $(date +%s) + MINUTES * 60 - 30 ))
 
@@ -50,8 +67,8 @@ timeout $LIMIT python tests/gpu_check.py "${CHECK[@]}" --out "$DEST/gpu_check.js
   && echo "gpu check passed" || echo "gpu check: FAILED or cut at ${LIMIT} s (see $DEST/gpu_check.json); the runs go on"
 
 # 2. the bench table on CIFAR-10-LT, N runs at once, stopped cleanly at the deadline
-exec python - "$DEST" "$JOBS" "$SMOKE" "$DATA_ROOT" "$EPOCHS" $SEEDS <<'PY'
-import json, os, signal, subprocess, sys, time
+GPU_RUN_DATA_TAR=$DATA_TAR GPU_RUN_PACK=$PACK exec python - "$DEST" "$JOBS" "$SMOKE" "$DATA_ROOT" "$EPOCHS" $SEEDS <<'PY'
+import hashlib, json, os, shutil, signal, subprocess, sys, tarfile, time
 from pathlib import Path
 from ala_paper.core import atomic_write_json, git_commit
 from ala_paper.sweep import plan
@@ -68,9 +85,32 @@ if smoke:                                    # tiny CIFAR-format pickles, 2 rows
     params.update(epochs=2, imbalance_ratio=10, device='cpu', batch_size=32)
     rows = ['ce', 'ldam-drw']
 if epochs: params['epochs'] = int(epochs)
-if not Path(data_root, 'cifar-10-batches-py').is_dir():
-    sys.exit(f"error: no CIFAR-10 pickles in {data_root}/cifar-10-batches-py: copy them there (data/README.md) "
-             f"or pass --data_root")
+data_tar, pack, data_sha = os.environ.get('GPU_RUN_DATA_TAR'), os.environ.get('GPU_RUN_PACK'), None
+is_cifar = lambda d: (d / 'cifar-10-batches-py').is_dir() or ((d / 'train').is_dir() and (d / 'test').is_dir())
+if data_tar:                                 # extracted once into DEST/data; its sha256 is that of the tar inside
+    target, sha = dest / 'data', hashlib.sha256()
+    try:
+        import lzma, gzip
+        opener = lzma.open if data_tar.endswith('.xz') else gzip.open if data_tar.endswith(('.gz', '.tgz')) else open
+        with opener(data_tar, 'rb') as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b''): sha.update(chunk)
+        data_sha = sha.hexdigest()
+        if not (target / '.extracted').is_file() or (target / '.extracted').read_text() != data_sha:
+            shutil.rmtree(target, ignore_errors=True)
+            print(f"extracting {data_tar} into {target}", flush=True)
+            with tarfile.open(data_tar) as tf: tf.extractall(target, filter='data')
+            (target / '.extracted').write_text(data_sha)
+    except (OSError, EOFError, tarfile.TarError, ValueError) as ex:
+        shutil.rmtree(target, ignore_errors=True)
+        sys.exit(f"error: --data_tar {data_tar} cannot be read as a tar of CIFAR image folders ({type(ex).__name__}: "
+                 f"{str(ex).splitlines()[0] if str(ex) else 'cut short'}): make it again (see the top of tests/gpu_run.sh)")
+    found = [d for d in (target, *sorted(target.iterdir())) if d.is_dir() and is_cifar(d)]
+    if not found: sys.exit(f"error: --data_tar {data_tar} holds neither train/ and test/ class folders nor "
+                           f"cifar-10-batches-py/ at its top or one folder down")
+    data_root = params['data_root'] = str(found[0].resolve())
+if not is_cifar(Path(data_root)):
+    sys.exit(f"error: {data_root} holds neither cifar-10-batches-py/ (CIFAR-10's python pickles) nor train/ and test/ "
+             f"class folders: pass --data_root DIR or --data_tar FILE (data/README.md, the top of tests/gpu_run.sh)")
 entries = plan('bench', dataset='cifar10-lt', seeds=[int(s) for s in seeds], runs_dir=dest / 'runs', rows=rows,
                params=params)
 order = {'resume': 0, 'new': 1}              # the missing runs: seed by seed, interrupted ones first
@@ -102,11 +142,37 @@ while todo or running:
         todo = []
     if not todo and not running: break
     time.sleep(0.5)
+def pack_into(folder: Path) -> dict:
+    "DEST's results in at most 8 files of at most 15 MiB (what comes back from a lent GPU machine)."
+    folder.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in (dest / 'runs').rglob('*') if p.is_file())
+    with tarfile.open(folder / 'runs.tar.gz', 'w:gz') as tf:
+        for p in files:
+            if p.name != 'checkpoint.pt': tf.add(p, p.relative_to(dest).as_posix())
+    chunks, limit = [[]], 15 << 20
+    for p in (p for p in files if p.name == 'checkpoint.pt'):
+        if chunks[-1] and sum(q.stat().st_size for q in chunks[-1]) + p.stat().st_size > limit: chunks.append([])
+        chunks[-1].append(p)
+    packed = {'runs.tar.gz': sum(p.name != 'checkpoint.pt' for p in files)}
+    for k, chunk in enumerate([c for c in chunks if c][:5], 1):
+        with tarfile.open(folder / f'checkpoints-{k}.tar', 'w') as tf:
+            for p in chunk: tf.add(p, p.relative_to(dest).as_posix())
+        packed[f'checkpoints-{k}.tar'] = len(chunk)
+    left = sum(len(c) for c in chunks[5:])
+    if left: packed['checkpoints_left_out'] = left
+    return packed
+
+packed = pack_into(Path(pack)) if pack else None
 summary = dict(commit=git_commit(), finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), smoke=smoke, jobs=jobs, runs=report,
+               data_root=data_root, data_tar=data_tar, data_tar_sha256=data_sha, pack=packed,
                gpu_check=json.loads((dest / 'gpu_check.json').read_text()).get('result') if (dest / 'gpu_check.json').is_file() else None,
                equivalence_note='the step-level equivalence with the authors\' code is tests/test_upstream_step.py: '
                                 'check it passes at this commit before committing these results')
 atomic_write_json(summary, dest / 'gpu_run.json')
+if pack:
+    for f in ('gpu_check.json', 'gpu_run.json'):
+        if (dest / f).is_file() and Path(pack).resolve() != dest.resolve(): shutil.copy2(dest / f, Path(pack) / f)
+    print(f"packed into {pack}: {', '.join(f'{k} ({v})' for k, v in packed.items())}, gpu_check.json, gpu_run.json", flush=True)
 states = [v['state'] for v in report.values()]
 print(f"{states.count('done')} of {len(states)} runs done; summary in {dest / 'gpu_run.json'}", flush=True)
 sys.exit(0 if 'failed' not in states else 1)

@@ -123,3 +123,45 @@ def test_gpu_run_stops_before_its_limit_and_resumes(tmp_path):
     assert r.stdout.count('\nresume ') == 2, r.stdout[-2000:]
     later = [torch.load(c, weights_only=True)['epoch'] for c in checkpoints]
     assert all(b > a for a, b in zip(first, later)), (first, later)              # went on from the checkpoint
+
+
+def test_gpu_run_takes_a_data_tar_and_packs_what_a_lent_machine_sends_back(tmp_path):
+    "--data_tar: a .tar.xz of CIFAR image folders, extracted once, its inner sha256 recorded; --pack: <= 8 files <= 15 MiB."
+    import hashlib, lzma, tarfile
+    from ala_paper.fixtures import make_cifar_folders
+    make_cifar_folders(tmp_path / 'jpeg', per_class=40, test_per_class=5)
+    with tarfile.open(tmp_path / 'cifar.tar', 'w') as tf:
+        for split in ('train', 'test'): tf.add(tmp_path / 'jpeg' / split, split)
+    inner = (tmp_path / 'cifar.tar').read_bytes()
+    (tmp_path / 'cifar.tar.xz').write_bytes(lzma.compress(inner))
+    dest, pack = tmp_path / 'dest', tmp_path / 'out'
+    r, summary = gpu_run(dest, '--data_tar', str(tmp_path / 'cifar.tar.xz'), '--pack', str(pack))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert summary['data_tar_sha256'] == hashlib.sha256(inner).hexdigest()
+    assert Path(summary['data_root']) == (dest / 'data').resolve()
+    results = list((dest / 'runs').rglob('results.json'))
+    assert len(results) == 2 and all(json.loads(p.read_text())['params']['data_root'] == summary['data_root'] for p in results)
+    sent = sorted(p.name for p in pack.iterdir())
+    assert sent == ['checkpoints-1.tar', 'gpu_check.json', 'gpu_run.json', 'runs.tar.gz'], sent
+    assert all(p.stat().st_size < 15 << 20 for p in pack.iterdir())
+    back = tmp_path / 'back'
+    for name in ('runs.tar.gz', 'checkpoints-1.tar'):
+        with tarfile.open(pack / name) as tf: tf.extractall(back, filter='data')
+    for p in results:                                                    # the pack restores DEST's runs byte for byte
+        assert (back / p.relative_to(dest)).read_bytes() == p.read_bytes()
+        assert (back / p.relative_to(dest)).with_name('checkpoint.pt').read_bytes() == p.with_name('checkpoint.pt').read_bytes()
+
+
+def test_gpu_run_names_a_damaged_data_tar_or_a_folder_without_cifar(tmp_path):
+    "A cut-short --data_tar, a missing one, or a --data_root without CIFAR: one error line, nothing left half-made."
+    import lzma
+    cut = tmp_path / 'cut.tar.xz'
+    cut.write_bytes(lzma.compress(b'x' * 5000)[:200])
+    for args, says in ((['--smoke', '--data_tar', str(cut)], 'cannot be read as a tar'),
+                       (['--data_tar', str(tmp_path / 'nothing.tar.xz')], 'is not a file'),
+                       (['--data_root', str(tmp_path)], 'holds neither cifar-10-batches-py/')):
+        r = subprocess.run(['bash', str(ROOT / 'tests' / 'gpu_run.sh'), str(tmp_path / 'dest'), *args],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode != 0 and 'error: ' in r.stderr and says in r.stderr, r.stderr[-2000:]
+        assert 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / 'dest' / 'data').exists()                      # nothing half-extracted left behind
