@@ -8,8 +8,10 @@ import difflib, json, math, os, subprocess
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known',
-           'is_missing', 'error_line', 'notebook_params', 'check_names', 'one_line_errors']
+__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'DATASETS', 'TRANSFORMS', 'DEFAULT_TRANSFORM', 'DRAWS', 'ALA_VARIANTS',
+           'LOSSES', 'ALA_FAMILY', 'COSINE_LOSSES', 'INITS', 'CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS',
+           'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known', 'is_missing', 'error_line',
+           'notebook_params', 'check_names', 'one_line_errors', 'check_choice', 'check_draw', 'check_init']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -104,3 +106,36 @@ def one_line_errors(kinds=USER_MISTAKES, line=None, shell=None):
     def show(sh, etype, value, tb, tb_offset=None):
         sh._showtraceback(etype, value, [line(value)])   # the cell's error output, the line as its whole traceback
     shell.set_custom_exc(tuple(kinds), show)
+
+# %% ../nbs/00_core.ipynb #22a40b61
+DATASETS = ('synthetic-lt', 'cifar10-lt', 'cifar100-lt', 'imagenet-lt', 'places-lt', 'inat2018', 'split-list')
+TRANSFORMS = ('imagenet', 'imagenet-jitter', 'cifar', 'synthetic')
+DEFAULT_TRANSFORM = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt': 'cifar',
+                     'places-lt': 'imagenet-jitter'}   # the rest: 'imagenet'
+DRAWS = ('random', 'ldam')
+ALA_VARIANTS = ('ala', 'df', 'qf', 'df-ldam')
+LOSSES = ('ce', 'focal', 'cb', 'cb-focal', 'ldam', 'logit-adjust', 'balanced-softmax', 'ala', 'df', 'qf', 'df-ldam')
+ALA_FAMILY = frozenset(ALA_VARIANTS)
+COSINE_LOSSES = frozenset({'ldam'} | ALA_FAMILY)
+INITS = ('fan_out', 'ldam')   # see "Initialisation" in nbs/01_models.ipynb
+CIFAR_DEPTHS = {'resnet8': 8, 'resnet20': 20, 'resnet32': 32, 'resnet56': 56}
+TORCHVISION_ARCHS = ('resnet50', 'resnext50_32x4d', 'resnet152')
+ARCHS = tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS
+
+# %% ../nbs/00_core.ipynb #37efd999
+def check_choice(what: str, value, choices):
+    "Stop with one line when `value` is not one of `choices`."
+    if value not in choices: raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+def check_draw(dataset: str, draw: str):
+    "A CIFAR-LT draw other than 'random' only for CIFAR-LT: the other datasets come with their own subset."
+    if draw != 'random' and not dataset.startswith('cifar'):
+        raise ValueError(f"data_draw {draw!r} chooses a CIFAR-LT subset; {dataset} comes with its own: "
+                         f"leave data_draw at 'random'")
+
+def check_init(arch: str, init: str):
+    "Refuse an unknown `init`, and 'ldam' (LDAM-DRW's CIFAR ResNets' initialisation) on a torchvision backbone."
+    check_choice('init', init, INITS)
+    if init != 'fan_out' and arch not in CIFAR_DEPTHS:
+        raise ValueError(f"init={init!r} is LDAM-DRW's initialisation of its CIFAR ResNets; {arch} keeps torchvision's "
+                         f"(leave init at 'fan_out')")
