@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .core import DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, check_draw
+from .core import DATASET_SPECS, DATASETS, DRAWS, TRANSFORMS, check_draw
 
 # %% auto #0
 __all__ = ['README_HINT', 'IN_MEMORY_MAX_BYTES', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP', 'LTData', 'fit_image', 'ToUint8',
@@ -676,7 +676,7 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
     if synthetic_kw and dataset != 'synthetic-lt':
         raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
     check_draw(dataset, draw)
-    tname = transform if transform is not None else DEFAULT_TRANSFORM.get(dataset, 'imagenet')
+    tname = transform if transform is not None else DATASET_SPECS[dataset].transform
     pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':
         parts = _synthetic(seed, pipe, **synthetic_kw)
@@ -684,9 +684,9 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         if data_root is None:
             raise ValueError(f"{dataset} needs data_root, the folder holding its files; {README_HINT}")
         root = Path(data_root).expanduser()
-        if not root.is_dir() and not (download and dataset.startswith('cifar')):
+        if not root.is_dir() and not (download and DATASET_SPECS[dataset].cifar):
             raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
-        if dataset.startswith('cifar'):
+        if DATASET_SPECS[dataset].cifar:
             parts = _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw)
         elif dataset == 'inat2018' and train_list is None:
             parts = _inat(root, pipe, check_files, in_memory)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import (ARCHS, CHECKPOINT, COSINE_LOSSES, DATASETS, DEFAULT_TRANSFORM, DRAWS, INITS, LOSSES,
+from .core import (ARCHS, CHECKPOINT, COSINE_LOSSES, DATASET_SPECS, DATASETS, DRAWS, INITS, LOSSES,
                             TORCHVISION_ARCHS, TRANSFORMS, check_choice, check_draw, check_init, check_names, folder_for,
                             project_root)
 
@@ -202,7 +202,7 @@ def _fill_from_preset(params):
     if params['drw_epoch'] is None and params['loss'] not in DRW_LOSSES: params['drw_epoch'] = -1
     if params['workers'] is None: params['workers'] = default_workers(preset['workers'])
     if params['data_seed'] is None: params['data_seed'] = params['seed']   # a seed redraws the long-tailed subset
-    if params['transform'] is None: params['transform'] = DEFAULT_TRANSFORM.get(params['dataset'], 'imagenet')
+    if params['transform'] is None: params['transform'] = DATASET_SPECS[params['dataset']].transform
     if params['backbone_lr'] is None: params['backbone_lr'] = preset['backbone_lr'] or params['lr'] or preset['lr']
     for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'momentum',
               'warmup_epochs', 'milestones', 'gamma', 'scale', 'drw_beta'):
@@ -221,7 +221,7 @@ def _check_recipe(params):
     if params['last_batch'] == 'keep' and params['grad_accum'] > 1:
         raise ValueError(f"last_batch='keep' needs grad_accum=1 (got {params['grad_accum']}): a last group of unequal "
                          f"micro-batches would weight its images unequally")
-    if params['dataset'] not in ('cifar10-lt', 'cifar100-lt'): params['imbalance_ratio'] = None   # only CIFAR-LT's
+    if not DATASET_SPECS[params['dataset']].cifar: params['imbalance_ratio'] = None   # only CIFAR-LT's
     if params['decode_on_device'] and params['transform'] != 'imagenet':
         raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or "
                          "decode_on_device=False")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -25,7 +24,7 @@ from .data import (ArrayBatches, ArrayDataset, DeviceDecoder, EncodedImages, col
 from .losses import class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import build_model, no_tf32
-from .recipe import PARAM_NAMES, Params, _int_like, cli_parser, default_workers, resolve_recipe, with_absent
+from .recipe import PARAM_NAMES, Params, _int_like, cli_parser, resolve_recipe, with_absent
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'resolve_params', 'auto_amp', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter',
@@ -33,7 +32,7 @@ __all__ = ['USER_ERRORS', 'resolve_params', 'auto_amp', 'layout_gradient_error',
            'SeededDataset', 'make_batches', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint',
            'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
            'top1_now', 'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'user_error', 'main',
-           'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
+           'cli_args', 'check_nproc', 'run_torchrun']
 
 # %% ../nbs/04_train.ipynb #1a0e1a4b
 def resolve_params(**kw) -> dict:
@@ -728,111 +727,3 @@ def run_torchrun(nproc: int, **kw) -> dict:
         if errors: raise ValueError(errors[0])
         raise RuntimeError(f"torchrun failed with status {proc.returncode}: {last}")
     return json.loads((Path(params['out_dir']) / RESULTS).read_text())
-
-# %% ../nbs/04_train.ipynb #c5204d53
-def _bare_loop(params, data, epochs):
-    "Images/s of a hand-written loop over the in-memory uint8 images (batch crop + flip, `train()`'s layout)."
-    torch.manual_seed(params['seed'])
-    layout = torch.channels_last if params['channels_last'] else torch.contiguous_format
-    model = build_model(params['arch'], data.num_classes, cosine=params['cosine']).to(memory_format=layout)
-    crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
-    groups = [dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
-              dict(params=model.head.parameters())]
-    opt = torch.optim.SGD(groups, lr=params['lr'], momentum=params['momentum'], weight_decay=params['weight_decay'])
-    images = torch.from_numpy(data.train.data).permute(0, 3, 1, 2)          # uint8 [N, 3, H, W]
-    labels, batch_size, pad = torch.from_numpy(data.train.targets), params['batch_size'], data.pipeline.train_batch.pad
-    norm = data.pipeline.train_batch
-    size = images.shape[-1]
-    model.train()
-    seen, start = 0, time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(labels))
-        for k in range(len(labels) // batch_size):
-            idx = perm[k * batch_size:(k + 1) * batch_size]
-            padded = F.pad(images[idx], (pad, pad, pad, pad))
-            top, left = torch.randint(0, 2 * pad + 1, (2, batch_size)).tolist()
-            x = torch.stack([padded[b, :, top[b]:top[b] + size, left[b]:left[b] + size] for b in range(batch_size)])
-            mirror = torch.rand(batch_size) < 0.5
-            x[mirror] = x[mirror].flip(3)
-            x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=layout)
-            loss = crit(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += batch_size
-    return seen / (time.perf_counter() - start)
-
-def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw) -> dict:
-    "Images/s of `train()` vs a bare in-memory loop (CPU), alternated `repeats` times; ratio = best train / best bare."
-    import tempfile, statistics
-    params = resolve_params(dataset=dataset, loss=loss, epochs=epochs, device='cpu', **kw)
-    data = load_dataset(params['dataset'], params['data_root'], train_list=params['train_list'],
-                        test_list=params['test_list'], transform=params['transform'],
-                        imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'])
-    if not isinstance(data.train, ArrayDataset):
-        raise ValueError(f"loop_overhead compares in-memory loops; {dataset} streams from disk")
-    bare, engine = [], []
-    for _ in range(repeats):
-        bare.append(_bare_loop(params, data, epochs))
-        with tempfile.TemporaryDirectory() as out_dir:
-            results = train(dataset=dataset, loss=loss, epochs=epochs, device='cpu', out_dir=out_dir, verbose=False,
-                            progress=False, **kw)
-            engine.append(results['images_per_second'])
-    return dict(bare_images_per_second=max(bare), train_images_per_second=max(engine), ratio=max(engine) / max(bare),
-                median_ratio=statistics.median(engine) / statistics.median(bare), bare_runs=bare, train_runs=engine,
-                arch=params['arch'], batch_size=params['batch_size'], epochs=epochs, threads=torch.get_num_threads())
-
-# %% ../nbs/04_train.ipynb #ef4f9c36
-def _photo_tree(root, num_images, size=(800, 600), seed=0) -> list:
-    "Write `num_images` photo-like JPEGs under `root`; return their relative paths."
-    from PIL import Image
-    rng, paths = np.random.default_rng(seed), []
-    yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
-    for i in range(num_images):
-        a, b, c = rng.uniform(0, 6, 3)
-        waves = np.stack([np.sin(a * xx + b * yy + k) for k in (0, 2, 4)], -1) * 90 + 128
-        pixels = waves + rng.normal(0, 12, (size[1], size[0], 3))
-        path = f'{i % 10}/{i:05d}.jpg'
-        Path(root, path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(Path(root, path), quality=90)
-        paths.append(path)
-    return paths
-
-def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50', steps=3, device=None,
-                     root=None) -> dict:
-    "Images/s of the JPEG pipeline alone beside the model's training step alone (same process, same batch size)."
-    import tempfile
-    from ala_paper.data import ImageListDataset, make_transforms
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    workers = default_workers() if workers is None else workers
-    with tempfile.TemporaryDirectory() as tmp:
-        root = root or tmp
-        paths = _photo_tree(root, num_images)
-        pipe = make_transforms('imagenet')
-        data = ImageListDataset(root, paths, [int(p[0]) for p in paths], pipe.train_sample)
-        sampler = torch.utils.data.RandomSampler(data)
-        batches = make_batches(data, batch_size, sampler, workers, dev, drop_last=True, seed=0)
-        next(iter(batches))                                          # start the workers
-        seen, start = 0, time.perf_counter()
-        for x, _ in batches: seen += len(x)
-        loader_rate = seen / (time.perf_counter() - start)
-    model = build_model(arch, 1000, cosine=True).to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=dev)
-    x = pipe.train_batch(images, channels_last=True)
-    y = torch.randint(0, 1000, (batch_size,), device=dev)
-    def step():
-        loss = F.cross_entropy(30 * model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    step()
-    if dev.type == 'cuda': torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps): step()
-    if dev.type == 'cuda': torch.cuda.synchronize()
-    model_rate = steps * batch_size / (time.perf_counter() - start)
-    return dict(loader_images_per_second=loader_rate, model_images_per_second=model_rate,
-                ratio=loader_rate / model_rate, input_bound=loader_rate < model_rate, workers=workers,
-                batch_size=batch_size, arch=arch, device=str(dev),
-                image_size='800x600 JPEG q90', threads=torch.get_num_threads())
