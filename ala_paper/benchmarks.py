@@ -15,7 +15,8 @@ from .data import ArrayDataset, ImageListDataset, load_dataset, make_transforms
 from .losses import make_loss
 from .models import build_model
 from .recipe import default_workers
-from .train import _loss_kw, make_batches, resolve_params, train
+from .batches import make_batches
+from .train import _loss_kw, resolve_params, train
 
 # %% auto #0
 __all__ = ['loop_overhead', 'loader_benchmark']

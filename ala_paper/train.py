@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from .core import (CHECKPOINT, RESULTS, TORCHVISION_ARCHS, USER_MISTAKES, atomic_write_json, check_names,
                             error_line, git_commit, known)
-from .data import (ArrayBatches, ArrayDataset, DeviceDecoder, EncodedImages, collate_encoded, load_dataset)
+from .batches import make_batches, seed_of
+from .checkpoints import atomic_save, get_rng_state, set_rng_state
+from .data import ArrayBatches, load_dataset
 from .losses import class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import build_model, no_tf32
@@ -28,8 +30,7 @@ from .recipe import PARAM_NAMES, Params, _int_like, cli_parser, resolve_recipe, 
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'resolve_params', 'auto_amp', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter',
-           'get_rng_state', 'set_rng_state', 'atomic_save', 'dist_env', 'check_local_gpu', 'seed_of', 'SeededSampler',
-           'SeededDataset', 'make_batches', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint',
+           'dist_env', 'check_local_gpu', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint',
            'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
            'top1_now', 'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'user_error', 'main',
            'cli_args', 'check_nproc', 'run_torchrun']
@@ -124,34 +125,6 @@ class FactorMeter:
         return {g: (dict(zip(('df', 'qf', 'a'), (sums[i] / counts[i]).tolist())) if counts[i] > 0 else None)
                 for i, g in enumerate(SHOT_GROUPS)}
 
-# %% ../nbs/04_train.ipynb #fb7f0e65
-def get_rng_state() -> dict:
-    "All RNG states of this process in a form `torch.load(weights_only=True)` accepts."
-    np_state = np.random.get_state()
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                numpy=dict(key=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
-                           has_gauss=int(np_state[3]), cached=float(np_state[4])),
-                cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
-
-def set_rng_state(state: dict):
-    "Restore what `get_rng_state` captured."
-    random.setstate((state['python'][0], tuple(state['python'][1]), state['python'][2]))
-    torch.set_rng_state(state['torch'])
-    np_state = state['numpy']
-    key = np_state['key'].numpy().astype(np.uint32)
-    np.random.set_state(('MT19937', key, np_state['pos'], np_state['has_gauss'], np_state['cached']))
-    cuda = state.get('cuda')
-    if isinstance(cuda, (list, tuple)): cuda = cuda[0] if cuda else None   # checkpoints before the one-device format
-    if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own GPU
-
-def atomic_save(obj, path):
-    "torch.save to a temporary file in the same folder, then rename over `path` (atomic on POSIX)."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # %% ../nbs/04_train.ipynb #b16c6155
 def dist_env():
     "(rank, world_size, local_rank) from torchrun's environment variables (0, 1, 0 without torchrun)."
@@ -173,67 +146,6 @@ def _all_gather(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-# %% ../nbs/04_train.ipynb #dc0c4320
-def seed_of(*parts) -> int:
-    "A 63-bit seed from integers such as (seed, epoch, rank): an independent random stream for each combination."
-    return int(np.random.SeedSequence([int(v) for v in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-class SeededSampler:
-    "Wraps a sampler to yield `(index, image seed)`: the seed mixes (seed, epoch, rank) with the index, cheaply."
-    def __init__(self, sampler, seed: int, rank: int = 0):
-        self.sampler, self.seed, self.rank, self.base = sampler, seed, rank, seed_of(seed, 0, rank)
-    def set_epoch(self, epoch: int):
-        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
-        self.base = seed_of(self.seed, epoch, self.rank)
-    def __len__(self): return len(self.sampler)
-    def __iter__(self): return ((i, (self.base + i * 0x9E3779B97F4A7C15) % 2**63) for i in self.sampler)
-
-class SeededDataset(torch.utils.data.Dataset):
-    "Takes `(index, seed)` keys: seeds torch's RNG (torchvision's random transforms use it), returns `dataset[index]`."
-    def __init__(self, dataset): self.dataset = dataset
-    def __len__(self): return len(self.dataset)
-    def __getitem__(self, key):
-        i, seed = key
-        torch.manual_seed(seed)
-        random.seed(seed)
-        return self.dataset[i]
-
-class _OnDevice:
-    "A DataLoader whose batches are moved to `device` (without waiting, from pinned memory on CUDA)."
-    def __init__(self, loader, device): self.loader, self.device = loader, device
-    def __len__(self): return len(self.loader)
-    def set_epoch(self, epoch):
-        if hasattr(self.loader.sampler, 'set_epoch'): self.loader.sampler.set_epoch(epoch)
-    def __iter__(self):
-        for x, y in self.loader: yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-class _DecodeOnDevice(_OnDevice):
-    "A DataLoader of encoded files, their batches decoded and cropped on `device` with a (seed, epoch, rank) generator."
-    def __init__(self, loader, device, decoder, seed, rank):
-        super().__init__(loader, device)
-        self.decoder, self.seed, self.rank, self.generator = decoder, seed or 0, rank, None
-    def set_epoch(self, epoch):
-        super().set_epoch(epoch)
-        self.generator = torch.Generator().manual_seed(seed_of(self.seed, epoch, self.rank))
-    def __iter__(self):
-        for files, y in self.loader:
-            yield self.decoder(files, self.device, self.generator), y.to(self.device, non_blocking=True)
-
-def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, seed=None, rank=0,
-                 decode_on_device=False, train=True):
-    "Batches `(images, labels)` on `device`: indexed from memory for an `ArrayDataset`, else from DataLoader workers."
-    if isinstance(dataset, ArrayDataset): return ArrayBatches(dataset, batch_size, sampler, drop_last, device)
-    if decode_on_device:
-        loader = DataLoader(EncodedImages(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                            drop_last=drop_last, collate_fn=collate_encoded, persistent_workers=workers > 0)
-        batches = _DecodeOnDevice(loader, device, DeviceDecoder(train), seed, rank)
-        batches.set_epoch(0)
-        return batches
-    if seed is not None: dataset, sampler = SeededDataset(dataset), SeededSampler(sampler, seed, rank)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-    return _OnDevice(loader, device)
 
 # %% ../nbs/04_train.ipynb #cd9ccb88
 @dataclass
