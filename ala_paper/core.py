@@ -5,11 +5,15 @@
 # %% ../nbs/00_core.ipynb #651ad3cb
 from __future__ import annotations
 import difflib, json, math, os, subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known',
-           'is_missing', 'error_line', 'notebook_params', 'check_names', 'one_line_errors']
+__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'DATASET_SPECS', 'DATASETS', 'TRANSFORMS', 'DRAWS', 'INITS', 'CIFAR_DEPTHS',
+           'TORCHVISION_ARCHS', 'ARCHS', 'LOSS_SPECS', 'LOSSES', 'ALA_VARIANTS', 'ALA_FAMILY', 'COSINE_LOSSES',
+           'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known', 'is_missing', 'error_line',
+           'notebook_params', 'check_names', 'one_line_errors', 'DatasetSpec', 'LossSpec', 'check_choice', 'check_draw',
+           'check_init']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -104,3 +108,68 @@ def one_line_errors(kinds=USER_MISTAKES, line=None, shell=None):
     def show(sh, etype, value, tb, tb_offset=None):
         sh._showtraceback(etype, value, [line(value)])   # the cell's error output, the line as its whole traceback
     shell.set_custom_exc(tuple(kinds), show)
+
+# %% ../nbs/00_core.ipynb #22a40b61
+@dataclass(frozen=True)
+class DatasetSpec:
+    "A benchmark by name: its default image pipeline, and whether it is CIFAR's files (a long-tailed subset drawn)."
+    transform: str = 'imagenet'   # one of TRANSFORMS
+    cifar: bool = False           # CIFAR-10/100: imbalance_ratio and data_draw choose the subset; torchvision downloads it
+
+DATASET_SPECS = {'synthetic-lt': DatasetSpec('synthetic'), 'cifar10-lt': DatasetSpec('cifar', cifar=True),
+                 'cifar100-lt': DatasetSpec('cifar', cifar=True), 'imagenet-lt': DatasetSpec(),
+                 'places-lt': DatasetSpec('imagenet-jitter'), 'inat2018': DatasetSpec(), 'split-list': DatasetSpec()}
+DATASETS = tuple(DATASET_SPECS)
+TRANSFORMS = ('imagenet', 'imagenet-jitter', 'cifar', 'synthetic')
+DRAWS = ('random', 'ldam')
+INITS = ('fan_out', 'ldam')   # see "Initialisation" in nbs/01_models.ipynb
+CIFAR_DEPTHS = {'resnet8': 8, 'resnet20': 20, 'resnet32': 32, 'resnet56': 56}
+TORCHVISION_ARCHS = ('resnet50', 'resnext50_32x4d', 'resnet152')
+ARCHS = tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS
+
+# %% ../nbs/00_core.ipynb #4101e449
+@dataclass(frozen=True)
+class LossSpec:
+    "A loss by name: the `ala_paper.losses` class that computes it, its fixed options, and how results show it."
+    cls: str                                   # a class of ala_paper.losses
+    kw: dict = field(default_factory=dict)     # fixed options of that class
+    cosine: bool = False                       # cosine classifier (eq. 5), and the preset's DRW by default
+    class_balanced: bool = False               # class-balanced weights (Cui et al. 2019) from the first epoch
+    label: str | None = None                   # in tables and figures (None: the name)
+    color: str | None = None                   # in figures
+
+LOSS_SPECS = {
+    'ce': LossSpec('CrossEntropyLoss', label='CE', color='#4C72B0'),
+    'focal': LossSpec('FocalLoss', label='Focal', color='#DA8BC3'),
+    'cb': LossSpec('CrossEntropyLoss', class_balanced=True),
+    'cb-focal': LossSpec('FocalLoss', class_balanced=True),
+    'ldam': LossSpec('LDAMLoss', cosine=True, label='LDAM-DRW', color='#DD8452'),
+    'logit-adjust': LossSpec('LogitAdjustedLoss', label='Logit Adjust', color='#8C8C8C'),
+    'balanced-softmax': LossSpec('BalancedSoftmaxLoss', label='Balanced Softmax', color='#CCB974'),
+    'ala': LossSpec('ALALoss', dict(variant='ala'), cosine=True, label='ALA', color='#55A868'),
+    'df': LossSpec('ALALoss', dict(variant='df'), cosine=True, label='DF', color='#8172B3'),
+    'qf': LossSpec('ALALoss', dict(variant='qf'), cosine=True, label='QF', color='#C44E52'),
+    'df-ldam': LossSpec('ALALoss', dict(variant='df-ldam'), cosine=True, label='DF·A_LDAM', color='#937860'),
+}
+LOSSES = tuple(LOSS_SPECS)
+ALA_VARIANTS = tuple(name for name, spec in LOSS_SPECS.items() if spec.cls == 'ALALoss')
+ALA_FAMILY = frozenset(ALA_VARIANTS)
+COSINE_LOSSES = frozenset(name for name, spec in LOSS_SPECS.items() if spec.cosine)
+
+# %% ../nbs/00_core.ipynb #37efd999
+def check_choice(what: str, value, choices):
+    "Stop with one line when `value` is not one of `choices`."
+    if value not in choices: raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+
+def check_draw(dataset: str, draw: str):
+    "A CIFAR-LT draw other than 'random' only for CIFAR-LT: the other datasets come with their own subset."
+    if draw != 'random' and not DATASET_SPECS[dataset].cifar:
+        raise ValueError(f"data_draw {draw!r} chooses a CIFAR-LT subset; {dataset} comes with its own: "
+                         f"leave data_draw at 'random'")
+
+def check_init(arch: str, init: str):
+    "Refuse an unknown `init`, and 'ldam' (LDAM-DRW's CIFAR ResNets' initialisation) on a torchvision backbone."
+    check_choice('init', init, INITS)
+    if init != 'fan_out' and arch not in CIFAR_DEPTHS:
+        raise ValueError(f"init={init!r} is LDAM-DRW's initialisation of its CIFAR ResNets; {arch} keeps torchvision's "
+                         f"(leave init at 'fan_out')")

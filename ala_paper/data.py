@@ -14,18 +14,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .core import DATASET_SPECS, DATASETS, DRAWS, TRANSFORMS, check_draw
+
 # %% auto #0
-__all__ = ['DATASETS', 'README_HINT', 'TRANSFORMS', 'IN_MEMORY_MAX_BYTES', 'DRAWS', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP',
-           'DEFAULT_TRANSFORM', 'LTData', 'fit_image', 'ToUint8', 'random_crop_flip', 'BatchTransform', 'Pipeline',
-           'make_transforms', 'custom_pipeline', 'ImageListDataset', 'open_rgb', 'ArrayDataset', 'decode_images',
-           'ArrayBatches', 'EncodedImages', 'EncodedBatch', 'collate_encoded', 'random_resized_box', 'DeviceDecoder',
-           'read_split_list', 'check_files_exist', 'class_counts_from_labels', 'fits_in_memory', 'read_inat_json',
-           'cifar_lt_counts', 'check_draw', 'long_tail_select', 'read_cifar', 'read_image_folder', 'cifar_layout',
-           'read_cifar_folders', 'synthetic_layout', 'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples',
-           'load_dataset']
+__all__ = ['README_HINT', 'IN_MEMORY_MAX_BYTES', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP', 'LTData', 'fit_image', 'ToUint8',
+           'random_crop_flip', 'BatchTransform', 'Pipeline', 'make_transforms', 'custom_pipeline', 'ImageListDataset',
+           'open_rgb', 'ArrayDataset', 'decode_images', 'ArrayBatches', 'EncodedImages', 'EncodedBatch',
+           'collate_encoded', 'random_resized_box', 'DeviceDecoder', 'read_split_list', 'check_files_exist',
+           'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts', 'long_tail_select',
+           'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders', 'synthetic_layout',
+           'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
-DATASETS = ('synthetic-lt', 'cifar10-lt', 'cifar100-lt', 'imagenet-lt', 'places-lt', 'inat2018', 'split-list')
 README_HINT = "see data/README.md for how to obtain it and the expected layout"
 
 @dataclass
@@ -45,7 +45,6 @@ class LTData:
 _NORM = dict(imagenet=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
              cifar=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
              synthetic=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
-TRANSFORMS = ('imagenet', 'imagenet-jitter', 'cifar', 'synthetic')
 _CROP_PAD = dict(cifar=4, synthetic=2)   # LDAM's pad-4 crop at 32 px; the same idea at synthetic-lt's 16 px
 
 def fit_image(img: Image.Image, size: int) -> Image.Image:
@@ -423,14 +422,6 @@ def cifar_lt_counts(n_max: int, num_classes: int, imbalance_ratio: float = 100) 
     "LDAM's exponential profile: `int(n_max * (1/rho)**(i/(C-1)))` for class i."
     return [int(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
-DRAWS = ('random', 'ldam')
-
-def check_draw(dataset: str, draw: str):
-    "A CIFAR-LT draw other than 'random' only for CIFAR-LT: the other datasets come with their own subset."
-    if draw != 'random' and not dataset.startswith('cifar'):
-        raise ValueError(f"data_draw {draw!r} chooses a CIFAR-LT subset; {dataset} comes with its own: "
-                         f"leave data_draw at 'random'")
-
 def long_tail_select(labels, counts, seed=0, draw='random') -> np.ndarray:
     "Indices keeping `counts[c]` samples of each class `c`, in class order: seeded at random, or as LDAM-DRW's code."
     if draw not in DRAWS: raise ValueError(f"unknown draw {draw!r}; valid: {', '.join(DRAWS)}")
@@ -667,8 +658,6 @@ def _synthetic(seed, pipe, size=16, **kw):
                 num_classes=len(classes), meta=meta)
 
 # %% ../nbs/02_data.ipynb #5c7621d2
-DEFAULT_TRANSFORM = {'synthetic-lt': 'synthetic', 'cifar10-lt': 'cifar', 'cifar100-lt': 'cifar',
-                     'places-lt': 'imagenet-jitter'}
 _LISTS = {'imagenet-lt': ('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'),
           'places-lt': ('Places_LT_train.txt', 'Places_LT_test.txt')}
 
@@ -687,7 +676,7 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
     if synthetic_kw and dataset != 'synthetic-lt':
         raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
     check_draw(dataset, draw)
-    tname = transform if transform is not None else DEFAULT_TRANSFORM.get(dataset, 'imagenet')
+    tname = transform if transform is not None else DATASET_SPECS[dataset].transform
     pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
     if dataset == 'synthetic-lt':
         parts = _synthetic(seed, pipe, **synthetic_kw)
@@ -695,9 +684,9 @@ def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, tes
         if data_root is None:
             raise ValueError(f"{dataset} needs data_root, the folder holding its files; {README_HINT}")
         root = Path(data_root).expanduser()
-        if not root.is_dir() and not (download and dataset.startswith('cifar')):
+        if not root.is_dir() and not (download and DATASET_SPECS[dataset].cifar):
             raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
-        if dataset.startswith('cifar'):
+        if DATASET_SPECS[dataset].cifar:
             parts = _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw)
         elif dataset == 'inat2018' and train_list is None:
             parts = _inat(root, pipe, check_files, in_memory)

@@ -12,7 +12,8 @@ import torch
 from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, folder_for
 from .data import DATASETS, load_dataset
 from .models import build_model
-from .train import Run, _Parser, _resolve_device, evaluate, with_absent, write_results
+from .recipe import _Parser, with_absent
+from .train import Run, _resolve_device, evaluate, write_results
 
 # %% auto #0
 __all__ = ['read_checkpoint', 'evaluate_checkpoint', 'cli_parser', 'main']

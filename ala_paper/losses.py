@@ -10,11 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .core import ALA_FAMILY, ALA_VARIANTS, COSINE_LOSSES, LOSS_SPECS, LOSSES
+
 # %% auto #0
-__all__ = ['QF_NORMS', 'ALA_VARIANTS', 'LOSSES', 'ALA_FAMILY', 'COSINE_LOSSES', 'la_loss', 'class_counts_tensor', 'ldam_margins',
-           'difficulty_factor', 'quantity_factor', 'margin_cross_entropy', 'LDAMLoss', 'ALALoss',
-           'class_balanced_weights', 'CrossEntropyLoss', 'LogitAdjustedLoss', 'BalancedSoftmaxLoss', 'FocalLoss',
-           'posthoc_logit_adjust', 'make_loss', 'plot_figure2']
+__all__ = ['QF_NORMS', 'la_loss', 'class_counts_tensor', 'ldam_margins', 'difficulty_factor', 'quantity_factor',
+           'margin_cross_entropy', 'LDAMLoss', 'ALALoss', 'class_balanced_weights', 'CrossEntropyLoss',
+           'LogitAdjustedLoss', 'BalancedSoftmaxLoss', 'FocalLoss', 'posthoc_logit_adjust', 'make_loss', 'plot_figure2']
 
 # %% ../nbs/00_losses.ipynb #e6bc318c
 def la_loss(logits: Tensor, target: Tensor, A: Tensor | float = 0.0, s: float = 1.0,
@@ -145,8 +146,6 @@ class LDAMLoss(_LongTailLoss):
         return loss
 
 # %% ../nbs/00_losses.ipynb #908331a8
-ALA_VARIANTS = ('ala', 'df', 'qf', 'df-ldam')
-
 class ALALoss(_LongTailLoss):
     "ALA Loss, eq. (8): A = DF * QF on the target cosine logit, scale `s`. `variant` gives the Table 4 ablations."
     def __init__(self, cls_num_list, s: float = 30.0, weight: Tensor | None = None, variant: str = 'ala',
@@ -234,22 +233,12 @@ def posthoc_logit_adjust(logits: Tensor, cls_num_list, tau: float = 1.0) -> Tens
     return logits - tau * torch.log(n / n.sum()).to(logits)
 
 # %% ../nbs/00_losses.ipynb #e81c106c
-LOSSES = ('ce', 'focal', 'cb', 'cb-focal', 'ldam', 'logit-adjust', 'balanced-softmax', 'ala', 'df', 'qf', 'df-ldam')
-ALA_FAMILY = frozenset(ALA_VARIANTS)
-COSINE_LOSSES = frozenset({'ldam'} | ALA_FAMILY)
-
 def make_loss(name: str, cls_num_list, **kw) -> nn.Module:
-    "The loss called `name` (one of `LOSSES`) for classes with `cls_num_list` training images."
+    "The loss called `name` (as `core.LOSS_SPECS` declares it) for classes with `cls_num_list` training images."
     if name not in LOSSES: raise ValueError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
-    if name in ALA_FAMILY: return ALALoss(cls_num_list, variant=name, **kw)
-    if name == 'ldam': return LDAMLoss(cls_num_list, **kw)
-    if name == 'focal': return FocalLoss(cls_num_list, **kw)
-    if name == 'logit-adjust': return LogitAdjustedLoss(cls_num_list, **kw)
-    if name == 'balanced-softmax': return BalancedSoftmaxLoss(cls_num_list, **kw)
-    if name in ('cb', 'cb-focal'):
-        weight = class_balanced_weights(cls_num_list, kw.pop('beta', 0.9999))
-        return (FocalLoss if name == 'cb-focal' else CrossEntropyLoss)(cls_num_list, weight=weight, **kw)
-    return CrossEntropyLoss(cls_num_list, **kw)
+    spec = LOSS_SPECS[name]
+    weights = dict(weight=class_balanced_weights(cls_num_list, kw.pop('beta', 0.9999))) if spec.class_balanced else {}
+    return globals()[spec.cls](cls_num_list, **spec.kw, **weights, **kw)
 
 # %% ../nbs/00_losses.ipynb #c64ac06c
 def plot_figure2(max_ratio: float = 1000.0, max_m: float = 0.5, axes=None):

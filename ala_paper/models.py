@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .core import ARCHS, CIFAR_DEPTHS, INITS, TORCHVISION_ARCHS, check_choice, check_init
+
 # %% auto #0
-__all__ = ['INITS', 'CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'no_tf32', 'exact_fp32', 'CosineClassifier', 'BasicBlock',
-           'CifarResNet', 'LTNet', 'load_backbone_weights', 'imagenet_weights', 'weights_file', 'check_init',
-           'build_model']
+__all__ = ['no_tf32', 'exact_fp32', 'CosineClassifier', 'BasicBlock', 'CifarResNet', 'LTNet', 'load_backbone_weights',
+           'imagenet_weights', 'weights_file', 'build_model']
 
 # %% ../nbs/01_models.ipynb #a94a7fe2
 def _tf32_switches(convolutions: bool):
@@ -75,11 +76,9 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 # %% ../nbs/01_models.ipynb #da36f7ef
-INITS = ('fan_out', 'ldam')   # see "Initialisation" below
-
 def _init_mode(init: str) -> str:
     "Kaiming's scaling for `init`: 'fan_out' (ours, torchvision's) or 'fan_in' ('ldam': LDAM-DRW's `_weights_init`)."
-    if init not in INITS: raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    check_choice('init', init, INITS)
     return 'fan_out' if init == 'fan_out' else 'fan_in'
 
 class CifarResNet(nn.Module):
@@ -105,10 +104,6 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
 
 # %% ../nbs/01_models.ipynb #3302de91
-CIFAR_DEPTHS = {'resnet8': 8, 'resnet20': 20, 'resnet32': 32, 'resnet56': 56}
-TORCHVISION_ARCHS = ('resnet50', 'resnext50_32x4d', 'resnet152')
-ARCHS = tuple(CIFAR_DEPTHS) + TORCHVISION_ARCHS
-
 class LTNet(nn.Module):
     "A feature `backbone` followed by a `head` (cosine classifier or linear layer)."
     def __init__(self, backbone: nn.Module, head: nn.Module):
@@ -194,13 +189,6 @@ def _pretrained_state_dict(arch: str, pretrained, download: bool = False):
     return torch.load(path, map_location='cpu', weights_only=True), str(path)
 
 # %% ../nbs/01_models.ipynb #0fd96c37
-def check_init(arch: str, init: str):
-    "Refuse an unknown `init`, and 'ldam' (LDAM-DRW's CIFAR ResNets' initialisation) on a torchvision backbone."
-    _init_mode(init)
-    if init != 'fan_out' and arch not in CIFAR_DEPTHS:
-        raise ValueError(f"init={init!r} is LDAM-DRW's initialisation of its CIFAR ResNets; {arch} keeps torchvision's "
-                         f"(leave init at 'fan_out')")
-
 def build_model(arch: str, num_classes: int, cosine: bool, pretrained=None, download: bool = False,
                 init: str = 'fan_out') -> LTNet:
     "Backbone `arch` (one of `ARCHS`) + cosine (eq. 5) or linear head for `num_classes`; optional pretrained backbone."

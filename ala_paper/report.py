@@ -8,11 +8,11 @@ import csv, json
 from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from .core import RESULTS, check_names, folder_for, is_missing, known, project_root
+from .core import ARCHS, LOSS_SPECS, RESULTS, check_names, folder_for, is_missing, known, project_root
 from .losses import ldam_margins, plot_figure2, posthoc_logit_adjust, quantity_factor
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group
-from .models import ARCHS
-from .sweep import TABLES, Row, with_absent, default_params, recipe_of, same_recipe
+from .recipe import PARAM_NAMES, with_absent
+from .sweep import TABLES, Row, default_params, recipe_of, same_recipe
 
 # %% auto #0
 __all__ = ['METRICS', 'RUN_COLUMNS', 'GROUP_TITLES', 'FAKE_BANNER', 'PAPER_TITLES', 'OTHER_DATASETS', 'FIGURE_LOSSES', 'COLORS',
@@ -104,7 +104,6 @@ def check_params(params) -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"params must be a dict of training parameters, given to papermill with -y, e.g. "
                          f"-y 'params: {{epochs: 2}}'; got {params!r}")
-    from ala_paper.train import PARAM_NAMES
     check_names(params, PARAM_NAMES, prefix='params: ')
     return params
 
@@ -461,10 +460,8 @@ def build_tables(runs_dir, out_dir, dataset=None, allow_fake: bool = False, para
 import matplotlib.pyplot as plt
 
 FIGURE_LOSSES = ('ce', 'ldam', 'ala')
-COLORS = {'ce': '#4C72B0', 'ldam': '#DD8452', 'ala': '#55A868', 'df': '#8172B3', 'qf': '#C44E52',
-          'df-ldam': '#937860', 'focal': '#DA8BC3', 'logit-adjust': '#8C8C8C', 'balanced-softmax': '#CCB974'}
-LABELS = {'ce': 'CE', 'ldam': 'LDAM-DRW', 'ala': 'ALA', 'df': 'DF', 'qf': 'QF', 'df-ldam': 'DF·A_LDAM',
-          'focal': 'Focal', 'logit-adjust': 'Logit Adjust', 'balanced-softmax': 'Balanced Softmax'}
+COLORS = {name: spec.color for name, spec in LOSS_SPECS.items() if spec.color}   # each loss's colour and label:
+LABELS = {name: spec.label for name, spec in LOSS_SPECS.items() if spec.label}   # core.LOSS_SPECS
 
 def set_style():
     "seaborn's theme for every figure of the report."

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, folder_for, project_root
+from .recipe import PRESETS, recipe_keys, resolve_on_cpu, with_absent
 
 # %% auto #0
 __all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'LOCK', 'BUSY', 'ACTIVE', 'SLURM_RECORD', 'Row',
-           'TableSpec', 'table_rows', 'recipe_keys', 'with_absent', 'default_params', 'recipe_of', 'same_recipe',
-           'recipe_tag', 'run_dir', 'read_results', 'run_state', 'scan_runs', 'finished_runs', 'Planned', 'table_archs',
-           'training_rows', 'plan', 'train_notebook', 'papermill_command', 'Indented', 'run_papermill', 'RunBusy',
-           'run_lock', 'train_locked', 'write_record', 'run_planned', 'sweep', 'job_slots', 'slots_summary', 'log_tail',
-           'worker_command', 'run_parallel', 'slurm_minutes', 'Slurm', 'SlurmRun', 'slurm_queue', 'run_slurm',
-           'cli_parser', 'run_one_main', 'main']
+           'TableSpec', 'table_rows', 'default_params', 'recipe_of', 'same_recipe', 'recipe_tag', 'run_dir',
+           'read_results', 'run_state', 'scan_runs', 'finished_runs', 'Planned', 'table_archs', 'training_rows', 'plan',
+           'train_notebook', 'papermill_command', 'Indented', 'run_papermill', 'RunBusy', 'run_lock', 'train_locked',
+           'write_record', 'run_planned', 'sweep', 'job_slots', 'slots_summary', 'log_tail', 'worker_command',
+           'run_parallel', 'slurm_minutes', 'Slurm', 'SlurmRun', 'slurm_queue', 'run_slurm', 'cli_parser',
+           'run_one_main', 'main']
 
 # %% ../nbs/05_sweep.ipynb #36e4a347
 PRESET = 'preset'   # a row parameter's value meaning "the dataset preset's value" (CE + DRW's drw_epoch)
@@ -94,32 +95,19 @@ def table_rows(table: str, rows=None) -> list:
     return [r for r in spec.rows if r.key in rows]
 
 # %% ../nbs/05_sweep.ipynb #fb98a441
-def _train():
-    "ala_paper.train, imported on first use (it imports torch)."
-    from ala_paper import train
-    return train
-
-def recipe_keys() -> tuple:
-    "The names of the training parameters that make up a run's recipe."
-    return _train().recipe_keys()
-
-def with_absent(run_params: dict) -> dict:
-    "A finished run's parameters, with the value each parameter added since its commit had in it."
-    return _train().with_absent(run_params)
-
 def _jsonable(value):
     "`value` as it reads back from results.json (tuples become lists)."
     return json.loads(json.dumps(value))
 
 def _preset_value(dataset, name, value):
-    return _train().PRESETS[dataset][name] if value == PRESET else value
+    return PRESETS[dataset][name] if value == PRESET else value
 
 NOTEBOOK_ONLY = ('nproc',)   # parameters of nbs/train.ipynb that are not training parameters
 
 def default_params(dataset: str, loss: str, arch=None, seed: int = 0, **params) -> dict:
     "Every training parameter of this run as training resolves it (for the CPU: the device is not part of a recipe)."
     params = {k: _preset_value(dataset, k, v) for k, v in params.items() if k not in ('device', *NOTEBOOK_ONLY)}
-    return _train().resolve_params(dataset=dataset, loss=loss, arch=arch, seed=seed, device='cpu', **params)
+    return resolve_on_cpu(dataset=dataset, loss=loss, arch=arch, seed=seed, **params)
 
 def recipe_of(params: dict) -> dict:
     "The recipe part of a run's parameters, JSON-normalised."

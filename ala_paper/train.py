@@ -6,241 +6,44 @@
 from __future__ import annotations
 import os
 if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
-import argparse, copy, inspect, json, math, platform, random, subprocess, sys, time, traceback
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+import copy, inspect, json, math, platform, random, subprocess, sys, time, traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from .core import (CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, check_names, error_line, folder_for, git_commit,
-                            known, project_root)
-from .data import (DATASETS, DEFAULT_TRANSFORM, DRAWS, TRANSFORMS, ArrayBatches, ArrayDataset, DeviceDecoder,
-                            EncodedImages, check_draw, collate_encoded, load_dataset)
-from .losses import COSINE_LOSSES, LOSSES, class_balanced_weights, make_loss, posthoc_logit_adjust
+from .core import (CHECKPOINT, RESULTS, TORCHVISION_ARCHS, USER_MISTAKES, atomic_write_json, check_names,
+                            error_line, git_commit, known)
+from .batches import make_batches, seed_of
+from .checkpoints import atomic_save, get_rng_state, set_rng_state
+from .data import ArrayBatches, load_dataset
+from .losses import class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
-from .models import ARCHS, INITS, TORCHVISION_ARCHS, build_model, check_init, no_tf32
+from .models import build_model, no_tf32
+from .recipe import PARAM_NAMES, Params, _int_like, cli_parser, resolve_recipe, with_absent
 
 # %% auto #0
-__all__ = ['PRESETS', 'POSITIVE', 'NON_NEGATIVE', 'WARMUPS', 'LAST_BATCH', 'PARAM_NAMES', 'DRW_LOSSES', 'USER_ERRORS', 'param',
-           'at_least', 'Params', 'recipe_keys', 'with_absent', 'resolve_params', 'auto_amp', 'cpus_per_process',
-           'default_workers', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter', 'get_rng_state',
-           'set_rng_state', 'atomic_save', 'dist_env', 'check_local_gpu', 'seed_of', 'SeededSampler', 'SeededDataset',
-           'make_batches', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
-           'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set', 'top1_now',
-           'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'cli_parser', 'user_error', 'main',
-           'cli_args', 'check_nproc', 'run_torchrun', 'loop_overhead', 'loader_benchmark']
-
-# %% ../nbs/04_train.ipynb #0ec50b76
-_IMAGENET_SCALE = dict(momentum=0.9, warmup_epochs=5, gamma=0.1, scale=30.0, drw_beta=0.9999, pretrained=False,
-                       workers=8, backbone_lr=None)
-_SMALL = dict(momentum=0.9, scale=30.0, drw_beta=0.9999, pretrained=False, backbone_lr=None)
-PRESETS = {
-    'synthetic-lt': dict(_SMALL, arch='resnet8', epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
-                         warmup_epochs=2, milestones=(24,), gamma=0.1, drw_epoch=24, workers=0),
-    'cifar10-lt': dict(_SMALL, arch='resnet32', epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4,
-                       warmup_epochs=5, milestones=(160, 180), gamma=0.01, drw_epoch=160, workers=4),
-    'imagenet-lt': dict(_IMAGENET_SCALE, arch='resnext50_32x4d', epochs=90, batch_size=256, lr=0.1, weight_decay=5e-4,
-                        milestones=(60, 80), drw_epoch=60),
-    'inat2018': dict(_IMAGENET_SCALE, arch='resnet50', epochs=90, batch_size=512, lr=0.2, weight_decay=2e-4,
-                     milestones=(60, 80), drw_epoch=60),
-    'places-lt': dict(_IMAGENET_SCALE, arch='resnet152', epochs=30, batch_size=128, lr=0.05, backbone_lr=0.001,
-                      weight_decay=5e-4, warmup_epochs=0, milestones=(9, 19, 29), drw_epoch=19,
-                      pretrained='IMAGENET1K_V1'),
-}
-PRESETS['cifar100-lt'] = dict(PRESETS['cifar10-lt'])
-PRESETS['split-list'] = dict(PRESETS['imagenet-lt'], arch='resnet50')
-
-# %% ../nbs/04_train.ipynb #fa0c6943
-def param(default=None, help: str = '', *, recipe: bool = False, resume: bool | None = None, valid=None, choices=None,
-          absent=None):
-    "A parameter: default (None: the preset's), help, recipe?, must match on resume?, valid values, what runs before it had."
-    meta = dict(help=help, recipe=recipe, resume=recipe if resume is None else resume, valid=valid, choices=choices,
-                absent=absent)
-    return field(default=default, metadata=meta)
-
-def at_least(lo): return (lambda v: v >= lo, f'an integer >= {lo}')
-POSITIVE = (lambda v: v > 0, 'a positive number')
-NON_NEGATIVE = (lambda v: v >= 0, 'a non-negative number')
-WARMUPS = ('step', 'epoch')
-LAST_BATCH = ('drop', 'keep')
-
-@dataclass
-class Params:
-    "Every training parameter, declared once. `None` means: from the dataset's preset (`PRESETS`)."
-    # what is trained, on what data
-    dataset: str = param('synthetic-lt', 'benchmark: ' + ', '.join(DATASETS), recipe=True, choices=DATASETS)
-    data_root: str = param(None, "folder holding the dataset's files (data/README.md); not for synthetic-lt")
-    train_list: str = param(None, "split-list data: 'relative/path label' lines, relative to data_root", recipe=True)
-    test_list: str = param(None, 'split-list data: the evaluation list', recipe=True)
-    transform: str = param(None, "image pipeline: " + ', '.join(TRANSFORMS) + " (None: the dataset's)", recipe=True,
-                           choices=TRANSFORMS)
-    imbalance_ratio: int | float = param(100, 'CIFAR-LT: images of the largest / the smallest class', recipe=True,
-                                         valid=(lambda v: v >= 1, 'a finite number >= 1 (largest / smallest class)'))
-    seed: int = param(0, 'initialisation, batch order, augmentation (and the data draw, see data_seed)', recipe=True,
-                      valid=at_least(0))
-    data_seed: int = param(None, 'CIFAR-LT draw / synthetic-lt images (None: seed)', recipe=True, valid=at_least(0))
-    data_draw: str = param('random', "CIFAR-LT subset: 'random' (seeded by data_seed) or 'ldam' (the images "
-                           "LDAM-DRW's code keeps, with data_seed 0)", recipe=True, choices=DRAWS, absent='random')
-    loss: str = param('ala', 'loss: ' + ', '.join(LOSSES), recipe=True, choices=LOSSES)
-    loss_kw: dict = param(None, 'extra loss options (JSON on the command line), e.g. {"qf_norm": "ln2"}', recipe=True)
-    arch: str = param(None, 'backbone: ' + ', '.join(ARCHS), recipe=True, choices=ARCHS)
-    pretrained: str | bool = param(None, "IMAGENET1K_V1 (= 'imagenet'), IMAGENET1K_V2, a state_dict file, or false",
-                                   recipe=True, resume=False)
-    init: str = param('fan_out', "CIFAR ResNet initialisation: Kaiming 'fan_out' (ours), or 'ldam' (fan-in, and on "
-                      "CE's linear head too, as LDAM-DRW's code does)", recipe=True, choices=INITS, absent='fan_out')
-    # the schedule
-    epochs: int = param(None, 'passes over the training data', recipe=True, resume=False, valid=at_least(1))
-    batch_size: int = param(None, 'global batch, split over processes and grad_accum micro-batches', recipe=True,
-                            valid=at_least(1))
-    grad_accum: int = param(1, 'micro-batches per optimiser step: batch_size in less memory', valid=at_least(1))
-    last_batch: str = param('drop', "each epoch's last incomplete batch: 'drop' it, or 'keep' it as LDAM-DRW's code "
-                            "does", recipe=True, choices=LAST_BATCH, absent='drop')
-    lr: float = param(None, "base learning rate (the classifier's)", recipe=True, valid=POSITIVE)
-    backbone_lr: float = param(None, "the backbone's learning rate (None: the preset's, else lr)", recipe=True,
-                               absent=lambda ran: ran.get('lr'),   # one parameter group at lr, before the split
-                               valid=POSITIVE)
-    momentum: float = param(None, 'SGD momentum', recipe=True, valid=NON_NEGATIVE)
-    weight_decay: float = param(None, 'SGD weight decay', recipe=True, valid=NON_NEGATIVE)
-    warmup_epochs: int = param(None, 'epochs of linear learning-rate warm-up', recipe=True, valid=at_least(0))
-    warmup: str = param('step', "warm-up rises every 'step', or every 'epoch' as LDAM-DRW's code does", recipe=True,
-                        choices=WARMUPS, absent='step')
-    milestones: list = param(None, 'the rate is multiplied by gamma after each of these epochs, e.g. 160,180',
-                             recipe=True)
-    gamma: float = param(None, 'learning-rate factor at each milestone', recipe=True, valid=POSITIVE)
-    drw_epoch: int = param(None, 'class-balanced re-weighting after this epoch; -1 off; None: the preset for '
-                           'LDAM/ALA, off for the rest', recipe=True, valid=at_least(-1))
-    drw_beta: float = param(None, "DRW's class-balanced beta", recipe=True,
-                            valid=(lambda v: 0 <= v < 1, 'in [0, 1) (class-balanced weights are 0/0 at 1)'))
-    scale: float = param(None, 's of eq. (8), for the cosine losses', recipe=True, valid=POSITIVE)
-    # the engine: how, not what
-    device: str = param(None, 'cpu or cuda (None: cuda when available)')
-    amp: str = param(None, 'mixed precision on CUDA: bf16, fp16 or off (None: bf16 where native, else fp16)',
-                     choices=('bf16', 'fp16', 'off'))
-    channels_last: bool = param(None, 'NHWC memory layout (None: on CUDA only; on the CPU its float32 BatchNorm is 10x less exact)')
-    compile: bool = param(False, 'torch.compile the model')
-    deterministic: bool = param(False, 'deterministic algorithms (slower)')
-    sync_bn: bool = param(False, "SyncBatchNorm under torchrun (CUDA): BatchNorm statistics over the global batch, as "
-                          "one process has them, not each GPU's share", resume=True, absent=False)
-    workers: int = param(None, "data-loading processes per training process (None: the CPUs per process less one; "
-                         "none for synthetic-lt)", valid=at_least(0))
-    in_memory: bool = param(None, 'hold small images in memory (None: when they fit; false streams them)')
-    decode_on_device: bool = param(False, 'decode JPEGs on the training device (nvJPEG on CUDA)')
-    eval_every: int = param(0, 'also test every k epochs while training (0: at the end only); see best_test_epoch',
-                            valid=at_least(0))
-    eval_from: int = param(0, 'with eval_every: test only after this epoch, e.g. 160 (the first milestone)',
-                           valid=at_least(0))
-    # files and output
-    out_dir: str = param(None, 'where checkpoint.pt and results.json go (None: runs/default)')
-    resume: bool = param(False, "continue the run in out_dir from its checkpoint")
-    download: bool = param(False, 'allow downloads (CIFAR pickles, ImageNet weights) where there is internet')
-    progress: bool = param(None, 'progress bars (None: on a terminal)')
-    verbose: bool = param(True, 'a line per epoch')
-
-PARAM_NAMES = tuple(f.name for f in fields(Params))
-
-def recipe_keys() -> tuple:
-    "Names of the parameters that change what is trained (the run's recipe)."
-    return tuple(f.name for f in fields(Params) if f.metadata['recipe'])
-
-def with_absent(run_params: dict) -> dict:
-    "A results.json's `params`, plus the value each parameter added since had in that run (`absent`: a value or a rule)."
-    out = dict(run_params)
-    for f in fields(Params):
-        absent = f.metadata['absent']
-        if absent is not None and f.name not in out: out[f.name] = absent(out) if callable(absent) else absent
-    return out
-
-# %% ../nbs/04_train.ipynb #b1416eb5
-DRW_LOSSES = frozenset(COSINE_LOSSES)   # losses that get the preset's DRW by default
-_AMP = {True: None, False: 'off', 'none': 'off'}
-
-def _int_like(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-def _number(v): return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
-
-def _kind(f) -> str:
-    "A field's declared type as written ('int', 'int | float', 'str | bool', ...)."
-    return f.type if isinstance(f.type, str) else str(f.type).replace("<class '", '').replace("'>", '')
-
-def _coerce(param_field, value):
-    "`value` as the kind its field declares (int, float, bool, ...), or a one-line ValueError."
-    name, kind = param_field.name, _kind(param_field)
-    ok, what = param_field.metadata['valid'] or (None, None)
-    bad = ValueError(f"{name} must be {what or 'a ' + kind.replace(' | ', ' or ')}, got {value!r}")
-    if kind == 'int':
-        if not _int_like(value): raise bad
-        value = int(value)
-    elif kind in ('float', 'int | float'):
-        if not _number(value): raise bad
-        value = int(value) if kind == 'int | float' and float(value).is_integer() else float(value)
-    elif kind == 'bool':
-        if value not in (True, False):
-            allowed = 'True, False or None (automatic)' if param_field.default is None else 'True or False'
-            raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    elif kind == 'list': value = _epochs_list(name, value)
-    elif kind == 'dict' and not isinstance(value, dict): raise ValueError(f"{name} must be a dict, got {value!r}")
-    elif kind == 'str' or (kind == 'str | bool' and not isinstance(value, bool)): value = str(value)
-    if ok is not None and not ok(value): raise bad
-    return value
-
-def _epochs_list(name, value):
-    if isinstance(value, str): value = value.replace(',', ' ').split()
-    try: return sorted(int(m) for m in value)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be a list of epoch numbers, got {value!r}") from None
-
-def _validated(param_field, value):
-    "`value` checked against its parameter's declaration `param_field`: choices, kind, range. None stays None."
-    if value is None: return None
-    choices = param_field.metadata['choices']
-    if choices and value not in choices:
-        raise ValueError(f"unknown {param_field.name} {value!r}; choose one of: {', '.join(choices)}")
-    return _coerce(param_field, value)
+__all__ = ['USER_ERRORS', 'resolve_params', 'auto_amp', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter',
+           'dist_env', 'check_local_gpu', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint',
+           'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
+           'top1_now', 'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'user_error', 'main',
+           'cli_args', 'check_nproc', 'run_torchrun']
 
 # %% ../nbs/04_train.ipynb #1a0e1a4b
 def resolve_params(**kw) -> dict:
-    "Fill every `None` from the dataset preset and validate: one-line ValueErrors, nothing read or written."
-    check_names(kw, PARAM_NAMES)
-    params = {**asdict(Params()), **kw}
-    params['amp'] = _AMP.get(params['amp'], params['amp'])
-    for name in ('dataset', 'loss'): params[name] = _validated(_FIELDS[name], params[name])
-    _fill_from_preset(params)
-    for f in fields(Params): params[f.name] = _validated(f, params[f.name])
+    "`resolve_recipe`, then the engine's choices: the device, its precision (`amp`) and memory layout."
+    params = resolve_recipe(**kw)
     _resolve_engine(params)
     return params
 
-_FIELDS = {f.name: f for f in fields(Params)}
-
-def _fill_from_preset(params):
-    preset = PRESETS[params['dataset']]
-    if params['drw_epoch'] is None and params['loss'] not in DRW_LOSSES: params['drw_epoch'] = -1
-    if params['workers'] is None: params['workers'] = default_workers(preset['workers'])
-    if params['data_seed'] is None: params['data_seed'] = params['seed']   # a seed redraws the long-tailed subset
-    if params['transform'] is None: params['transform'] = DEFAULT_TRANSFORM.get(params['dataset'], 'imagenet')
-    if params['backbone_lr'] is None: params['backbone_lr'] = preset['backbone_lr'] or params['lr'] or preset['lr']
-    for k in ('arch', 'epochs', 'batch_size', 'lr', 'weight_decay', 'drw_epoch', 'momentum',
-              'warmup_epochs', 'milestones', 'gamma', 'scale', 'drw_beta'):
-        if params[k] is None: params[k] = preset[k]
-    if params['pretrained'] is None:
-        params['pretrained'] = preset['pretrained'] if params['arch'] in TORCHVISION_ARCHS else False
-
 def _resolve_engine(params):
-    "Device, precision, layout, paths: the choices that follow from the others."
-    named = params['pretrained'] in (False, True, 'imagenet') or str(params['pretrained']).startswith('IMAGENET1K_')
-    if not named and not Path(params['pretrained']).expanduser().is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {params['pretrained']} "
-                                f"(pass an existing state_dict file, 'imagenet', or False)")
-    check_draw(params['dataset'], params['data_draw'])
-    check_init(params['arch'], params['init'])
-    if params['last_batch'] == 'keep' and params['grad_accum'] > 1:
-        raise ValueError(f"last_batch='keep' needs grad_accum=1 (got {params['grad_accum']}): a last group of unequal "
-                         f"micro-batches would weight its images unequally")
-    if params['dataset'] not in ('cifar10-lt', 'cifar100-lt'): params['imbalance_ratio'] = None   # only CIFAR-LT's
+    "Device, precision, layout: the choices that follow from the machine."
     if params['device'] is None and params['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
         raise ValueError(f"{params['dataset']} trains {params['arch']}, which needs a GPU, but torch "
                          f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees none; check nvidia-smi "
@@ -249,30 +52,11 @@ def _resolve_engine(params):
     params['device'] = _resolve_device(params['device'])
     if params['amp'] is None: params['amp'] = auto_amp() if params['device'] == 'cuda' else 'off'
     if params['channels_last'] is None: params['channels_last'] = params['device'] == 'cuda'   # CPU: see 'channels_last'
-    if params['decode_on_device'] and params['transform'] != 'imagenet':
-        raise ValueError("decode_on_device crops like the 'imagenet' transform only: pass transform='imagenet' or "
-                         "decode_on_device=False")
-    params['loss_kw'] = dict(params['loss_kw'] or {})
-    params['cosine'] = params['loss'] in COSINE_LOSSES
-    out = folder_for(params['out_dir'] or project_root() / 'runs' / 'default', 'out_dir')
-    params['out_dir'] = str(out)
-    if params['resume'] and not (Path(params['out_dir']) / CHECKPOINT).is_file():
-        raise ValueError(f"resume=True but there is no {CHECKPOINT} in {params['out_dir']}: "
-                         f"run without resume first, or point out_dir at the interrupted run")
 
 def auto_amp() -> str:
     "bf16 where the GPU computes it natively (compute capability 8.0+), else fp16 with a GradScaler."
     native = torch.cuda.get_device_capability()[0] >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
     return 'bf16' if native else 'fp16'
-
-def cpus_per_process() -> int:
-    "CPUs this process may use, shared among the processes torchrun starts on this machine."
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(1, cpus // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
-
-def default_workers(preset_workers: int = 1) -> int:
-    "Loader workers when none are given: 0 stays 0 (synthetic-lt); else this process's CPUs less one (the loop's own)."
-    return 0 if preset_workers == 0 else max(1, cpus_per_process() - 1)
 
 def _resolve_device(device):
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -341,34 +125,6 @@ class FactorMeter:
         return {g: (dict(zip(('df', 'qf', 'a'), (sums[i] / counts[i]).tolist())) if counts[i] > 0 else None)
                 for i, g in enumerate(SHOT_GROUPS)}
 
-# %% ../nbs/04_train.ipynb #fb7f0e65
-def get_rng_state() -> dict:
-    "All RNG states of this process in a form `torch.load(weights_only=True)` accepts."
-    np_state = np.random.get_state()
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                numpy=dict(key=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
-                           has_gauss=int(np_state[3]), cached=float(np_state[4])),
-                cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
-
-def set_rng_state(state: dict):
-    "Restore what `get_rng_state` captured."
-    random.setstate((state['python'][0], tuple(state['python'][1]), state['python'][2]))
-    torch.set_rng_state(state['torch'])
-    np_state = state['numpy']
-    key = np_state['key'].numpy().astype(np.uint32)
-    np.random.set_state(('MT19937', key, np_state['pos'], np_state['has_gauss'], np_state['cached']))
-    cuda = state.get('cuda')
-    if isinstance(cuda, (list, tuple)): cuda = cuda[0] if cuda else None   # checkpoints before the one-device format
-    if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own GPU
-
-def atomic_save(obj, path):
-    "torch.save to a temporary file in the same folder, then rename over `path` (atomic on POSIX)."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # %% ../nbs/04_train.ipynb #b16c6155
 def dist_env():
     "(rank, world_size, local_rank) from torchrun's environment variables (0, 1, 0 without torchrun)."
@@ -390,67 +146,6 @@ def _all_gather(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-# %% ../nbs/04_train.ipynb #dc0c4320
-def seed_of(*parts) -> int:
-    "A 63-bit seed from integers such as (seed, epoch, rank): an independent random stream for each combination."
-    return int(np.random.SeedSequence([int(v) for v in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-class SeededSampler:
-    "Wraps a sampler to yield `(index, image seed)`: the seed mixes (seed, epoch, rank) with the index, cheaply."
-    def __init__(self, sampler, seed: int, rank: int = 0):
-        self.sampler, self.seed, self.rank, self.base = sampler, seed, rank, seed_of(seed, 0, rank)
-    def set_epoch(self, epoch: int):
-        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
-        self.base = seed_of(self.seed, epoch, self.rank)
-    def __len__(self): return len(self.sampler)
-    def __iter__(self): return ((i, (self.base + i * 0x9E3779B97F4A7C15) % 2**63) for i in self.sampler)
-
-class SeededDataset(torch.utils.data.Dataset):
-    "Takes `(index, seed)` keys: seeds torch's RNG (torchvision's random transforms use it), returns `dataset[index]`."
-    def __init__(self, dataset): self.dataset = dataset
-    def __len__(self): return len(self.dataset)
-    def __getitem__(self, key):
-        i, seed = key
-        torch.manual_seed(seed)
-        random.seed(seed)
-        return self.dataset[i]
-
-class _OnDevice:
-    "A DataLoader whose batches are moved to `device` (without waiting, from pinned memory on CUDA)."
-    def __init__(self, loader, device): self.loader, self.device = loader, device
-    def __len__(self): return len(self.loader)
-    def set_epoch(self, epoch):
-        if hasattr(self.loader.sampler, 'set_epoch'): self.loader.sampler.set_epoch(epoch)
-    def __iter__(self):
-        for x, y in self.loader: yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-class _DecodeOnDevice(_OnDevice):
-    "A DataLoader of encoded files, their batches decoded and cropped on `device` with a (seed, epoch, rank) generator."
-    def __init__(self, loader, device, decoder, seed, rank):
-        super().__init__(loader, device)
-        self.decoder, self.seed, self.rank, self.generator = decoder, seed or 0, rank, None
-    def set_epoch(self, epoch):
-        super().set_epoch(epoch)
-        self.generator = torch.Generator().manual_seed(seed_of(self.seed, epoch, self.rank))
-    def __iter__(self):
-        for files, y in self.loader:
-            yield self.decoder(files, self.device, self.generator), y.to(self.device, non_blocking=True)
-
-def make_batches(dataset, batch_size, sampler, workers, device, drop_last=False, seed=None, rank=0,
-                 decode_on_device=False, train=True):
-    "Batches `(images, labels)` on `device`: indexed from memory for an `ArrayDataset`, else from DataLoader workers."
-    if isinstance(dataset, ArrayDataset): return ArrayBatches(dataset, batch_size, sampler, drop_last, device)
-    if decode_on_device:
-        loader = DataLoader(EncodedImages(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                            drop_last=drop_last, collate_fn=collate_encoded, persistent_workers=workers > 0)
-        batches = _DecodeOnDevice(loader, device, DeviceDecoder(train), seed, rank)
-        batches.set_epoch(0)
-        return batches
-    if seed is not None: dataset, sampler = SeededDataset(dataset), SeededSampler(sampler, seed, rank)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                        pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-    return _OnDevice(loader, device)
 
 # %% ../nbs/04_train.ipynb #cd9ccb88
 @dataclass
@@ -878,34 +573,6 @@ train.__signature__ = inspect.Signature([inspect.Parameter(f.name, inspect.Param
                                          for f in fields(Params)], return_annotation=dict)
 
 # %% ../nbs/04_train.ipynb #257aad87
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-def _opt_bool(value):
-    "A command-line boolean: true/false/yes/no/on/off/1/0, none; anything else (a path, a name) as it is."
-    text = str(value).lower()
-    if text in ('none', ''): return None
-    if text in ('false', 'no', 'off', '0'): return False
-    if text in ('true', 'yes', 'on', '1'): return True
-    return value
-
-_CLI_TYPE = {'int': int, 'float': float, 'int | float': float, 'str': str, 'list': str, 'dict': json.loads,
-             'bool': _opt_bool, 'str | bool': _opt_bool}
-
-def cli_parser() -> argparse.ArgumentParser:
-    "The parser of `python -m ala_paper.train`, one option per field of `Params`."
-    parser = _Parser(prog='python -m ala_paper.train', description=train.__doc__)
-    for f in fields(Params):
-        names = [f'--{f.name}'] + ([f"--{f.name.replace('_', '-')}"] if '_' in f.name else [])
-        kind = _kind(f)
-        extra = dict(nargs='?', const=True) if kind == 'bool' else {}
-        parser.add_argument(*names, dest=f.name, type=_CLI_TYPE[kind], default=f.default, help=f.metadata['help'],
-                            **extra)
-    parser.add_argument('--quiet', dest='verbose', action='store_false', help='no per-epoch lines (= --verbose false)')
-    return parser
-
 USER_ERRORS = (*USER_MISTAKES, FloatingPointError, torch.OutOfMemoryError)   # a run's mistakes, reported in one line
 
 def user_error(e: BaseException) -> str:
@@ -919,7 +586,7 @@ def main(argv=None):
     "Entry point of `python -m ala_paper.train` / `ala-train` / torchrun."
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # for the processes this one starts
     try:
-        train(**vars(cli_parser().parse_args(argv)))
+        train(**vars(cli_parser(train.__doc__).parse_args(argv)))
     except USER_ERRORS as e:
         print(user_error(e), file=sys.stderr, flush=True)
         code = 2 if isinstance(e, USER_MISTAKES) else 1
@@ -972,111 +639,3 @@ def run_torchrun(nproc: int, **kw) -> dict:
         if errors: raise ValueError(errors[0])
         raise RuntimeError(f"torchrun failed with status {proc.returncode}: {last}")
     return json.loads((Path(params['out_dir']) / RESULTS).read_text())
-
-# %% ../nbs/04_train.ipynb #c5204d53
-def _bare_loop(params, data, epochs):
-    "Images/s of a hand-written loop over the in-memory uint8 images (batch crop + flip, `train()`'s layout)."
-    torch.manual_seed(params['seed'])
-    layout = torch.channels_last if params['channels_last'] else torch.contiguous_format
-    model = build_model(params['arch'], data.num_classes, cosine=params['cosine']).to(memory_format=layout)
-    crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
-    groups = [dict(params=model.backbone.parameters(), lr=params['backbone_lr']),
-              dict(params=model.head.parameters())]
-    opt = torch.optim.SGD(groups, lr=params['lr'], momentum=params['momentum'], weight_decay=params['weight_decay'])
-    images = torch.from_numpy(data.train.data).permute(0, 3, 1, 2)          # uint8 [N, 3, H, W]
-    labels, batch_size, pad = torch.from_numpy(data.train.targets), params['batch_size'], data.pipeline.train_batch.pad
-    norm = data.pipeline.train_batch
-    size = images.shape[-1]
-    model.train()
-    seen, start = 0, time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(labels))
-        for k in range(len(labels) // batch_size):
-            idx = perm[k * batch_size:(k + 1) * batch_size]
-            padded = F.pad(images[idx], (pad, pad, pad, pad))
-            top, left = torch.randint(0, 2 * pad + 1, (2, batch_size)).tolist()
-            x = torch.stack([padded[b, :, top[b]:top[b] + size, left[b]:left[b] + size] for b in range(batch_size)])
-            mirror = torch.rand(batch_size) < 0.5
-            x[mirror] = x[mirror].flip(3)
-            x = x.float().sub_(norm.mean).div_(norm.std).contiguous(memory_format=layout)
-            loss = crit(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += batch_size
-    return seen / (time.perf_counter() - start)
-
-def loop_overhead(dataset='synthetic-lt', loss='ala', epochs=3, repeats=3, **kw) -> dict:
-    "Images/s of `train()` vs a bare in-memory loop (CPU), alternated `repeats` times; ratio = best train / best bare."
-    import tempfile, statistics
-    params = resolve_params(dataset=dataset, loss=loss, epochs=epochs, device='cpu', **kw)
-    data = load_dataset(params['dataset'], params['data_root'], train_list=params['train_list'],
-                        test_list=params['test_list'], transform=params['transform'],
-                        imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'])
-    if not isinstance(data.train, ArrayDataset):
-        raise ValueError(f"loop_overhead compares in-memory loops; {dataset} streams from disk")
-    bare, engine = [], []
-    for _ in range(repeats):
-        bare.append(_bare_loop(params, data, epochs))
-        with tempfile.TemporaryDirectory() as out_dir:
-            results = train(dataset=dataset, loss=loss, epochs=epochs, device='cpu', out_dir=out_dir, verbose=False,
-                            progress=False, **kw)
-            engine.append(results['images_per_second'])
-    return dict(bare_images_per_second=max(bare), train_images_per_second=max(engine), ratio=max(engine) / max(bare),
-                median_ratio=statistics.median(engine) / statistics.median(bare), bare_runs=bare, train_runs=engine,
-                arch=params['arch'], batch_size=params['batch_size'], epochs=epochs, threads=torch.get_num_threads())
-
-# %% ../nbs/04_train.ipynb #ef4f9c36
-def _photo_tree(root, num_images, size=(800, 600), seed=0) -> list:
-    "Write `num_images` photo-like JPEGs under `root`; return their relative paths."
-    from PIL import Image
-    rng, paths = np.random.default_rng(seed), []
-    yy, xx = np.mgrid[0:size[1], 0:size[0]] / max(size)
-    for i in range(num_images):
-        a, b, c = rng.uniform(0, 6, 3)
-        waves = np.stack([np.sin(a * xx + b * yy + k) for k in (0, 2, 4)], -1) * 90 + 128
-        pixels = waves + rng.normal(0, 12, (size[1], size[0], 3))
-        path = f'{i % 10}/{i:05d}.jpg'
-        Path(root, path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(Path(root, path), quality=90)
-        paths.append(path)
-    return paths
-
-def loader_benchmark(num_images=512, batch_size=64, workers=None, arch='resnet50', steps=3, device=None,
-                     root=None) -> dict:
-    "Images/s of the JPEG pipeline alone beside the model's training step alone (same process, same batch size)."
-    import tempfile
-    from ala_paper.data import ImageListDataset, make_transforms
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    workers = default_workers() if workers is None else workers
-    with tempfile.TemporaryDirectory() as tmp:
-        root = root or tmp
-        paths = _photo_tree(root, num_images)
-        pipe = make_transforms('imagenet')
-        data = ImageListDataset(root, paths, [int(p[0]) for p in paths], pipe.train_sample)
-        sampler = torch.utils.data.RandomSampler(data)
-        batches = make_batches(data, batch_size, sampler, workers, dev, drop_last=True, seed=0)
-        next(iter(batches))                                          # start the workers
-        seen, start = 0, time.perf_counter()
-        for x, _ in batches: seen += len(x)
-        loader_rate = seen / (time.perf_counter() - start)
-    model = build_model(arch, 1000, cosine=True).to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    images = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=dev)
-    x = pipe.train_batch(images, channels_last=True)
-    y = torch.randint(0, 1000, (batch_size,), device=dev)
-    def step():
-        loss = F.cross_entropy(30 * model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    step()
-    if dev.type == 'cuda': torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps): step()
-    if dev.type == 'cuda': torch.cuda.synchronize()
-    model_rate = steps * batch_size / (time.perf_counter() - start)
-    return dict(loader_images_per_second=loader_rate, model_images_per_second=model_rate,
-                ratio=loader_rate / model_rate, input_bound=loader_rate < model_rate, workers=workers,
-                batch_size=batch_size, arch=arch, device=str(dev),
-                image_size='800x600 JPEG q90', threads=torch.get_num_threads())

@@ -62,7 +62,8 @@ def engine_run(dev, out_dir, rank=0, world=1, **kw):
 
 def engine_augmentation(dev, rank, world):
     "`train_one_epoch`'s batch augmentation (its own generator) on one probe batch, and the per-image seeds."
-    from ala_paper.train import SeededSampler, train_one_epoch
+    from ala_paper.batches import SeededSampler
+    from ala_paper.train import train_one_epoch
     with tempfile.TemporaryDirectory() as d:
         run = engine_run(dev, d, rank, world)
         probe, seen = torch.from_numpy(run.data.train.data[:8]).permute(0, 3, 1, 2).to(dev), {}

@@ -6,7 +6,7 @@ FAKE_TRAIN = '''
 import json, os
 from pathlib import Path
 from ala_paper.fixtures import write_fake_run
-from ala_paper.train import PARAM_NAMES
+from ala_paper.recipe import PARAM_NAMES
 params = {k: v for k, v in globals().items() if k in PARAM_NAMES and k not in ('out_dir', 'device')}
 o = Path(out_dir)
 o.mkdir(parents=True, exist_ok=True)

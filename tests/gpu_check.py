@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from ala_paper.losses import make_loss
 from ala_paper.models import build_model
-from ala_paper.core import atomic_write_json
+from ala_paper.core import atomic_write_json, git_commit, project_root
 from ala_paper.models import no_tf32
-from ala_paper.train import (_photo_tree, _step, auto_amp, git_commit, layout_gradient_error, loader_benchmark,
-                             project_root, train)
+from ala_paper.benchmarks import _photo_tree, loader_benchmark
+from ala_paper.train import _step, auto_amp, layout_gradient_error, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_weighted_grad import engine_run            # noqa: E402  (the engine's Run on synthetic-lt, as train() makes it)

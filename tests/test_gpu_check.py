@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ala_paper.models import CosineClassifier
-from ala_paper.train import project_root
+from ala_paper.core import project_root
 
 ROOT = project_root()
 sys.path.insert(0, str(ROOT / 'tests'))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ala_paper.fixtures import fixture_counts, make_inat_tree, make_split_list_tree
-from ala_paper.train import CHECKPOINT, project_root, resolve_params, train
+from ala_paper.core import CHECKPOINT, project_root
+from ala_paper.train import resolve_params, train
 
 ROOT = project_root()
 ENV = {**os.environ, 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'), 'PYTHONUNBUFFERED': '1'}
@@ -259,7 +260,7 @@ def test_bn_batch_and_sync_bn(monkeypatch):
 
 
 def test_default_workers_are_the_cpus_less_one(monkeypatch):
-    import ala_paper.train as t
+    import ala_paper.recipe as t
     monkeypatch.setattr(t, 'cpus_per_process', lambda: 16)
     assert (t.default_workers(8), t.default_workers(4), t.default_workers(0)) == (15, 15, 0)   # synthetic-lt: none
     monkeypatch.setattr(t, 'cpus_per_process', lambda: 1)
@@ -478,7 +479,7 @@ def test_grad_accum_splits_the_batch(tmp_path):
 
 
 def test_cli_has_one_option_per_parameter():
-    from ala_paper.train import PARAM_NAMES, cli_parser
+    from ala_paper.recipe import PARAM_NAMES, cli_parser
     r = subprocess.run([*CLI, '--help'], env=ENV, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and all(f'--{name}' in r.stdout for name in PARAM_NAMES)
     assert set(vars(cli_parser().parse_args([]))) == set(PARAM_NAMES)
