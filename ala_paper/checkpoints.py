@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core import error_line
+
 # %% auto #0
-__all__ = ['get_rng_state', 'set_rng_state', 'atomic_save']
+__all__ = ['get_rng_state', 'set_rng_state', 'atomic_save', 'load_checkpoint']
 
 # %% ../nbs/03d_checkpoints.ipynb #fb7f0e65
 def get_rng_state() -> dict:
@@ -40,3 +42,13 @@ def atomic_save(obj, path):
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
+
+# %% ../nbs/03d_checkpoints.ipynb #61bf580f
+def load_checkpoint(path, fix: str) -> dict:
+    "`torch.load(weights_only=True)` on the CPU; a damaged or foreign file is one ValueError naming it and `fix`."
+    path = Path(path)
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        with open(path, 'rb') as f: zipped = f.read(4) == b'PK\x03\x04'   # torch.save writes a zip archive
+        what = 'is damaged or cut short' if zipped else 'is not a PyTorch checkpoint'
+        raise ValueError(f"{path} {what} ({error_line(e).split('. ')[0]}): {fix}") from None

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_sweep.ipynb #b63147ea
 from __future__ import annotations
-import argparse, ast, fcntl, getpass, hashlib, json, os, re, shlex, shutil, signal, socket, subprocess, sys, time
+import argparse, ast, fcntl, getpass, hashlib, json, os, re, shlex, shutil, signal, socket, subprocess, sys, threading, time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -679,6 +679,8 @@ def run_one_main(out_dir, notebook) -> int:
 def main(argv=None) -> int:
     "CLI: run the rows of a table through papermill."
     args = cli_parser().parse_args(argv)
+    if not args.run_one and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)   # `kill`, a scheduler: stop the runs it started, like Ctrl-C
     try:
         params = dict(_parse_param(s) for s in args.param)
         notebook = Path(args.notebook) if args.notebook else train_notebook()

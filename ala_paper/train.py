@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .core import (CHECKPOINT, RESULTS, TORCHVISION_ARCHS, USER_MISTAKES, atomic_write_json, check_names,
                             error_line, git_commit, known)
 from .batches import make_batches, seed_of
-from .checkpoints import atomic_save, get_rng_state, set_rng_state
+from .checkpoints import atomic_save, get_rng_state, load_checkpoint, set_rng_state
 from .data import ArrayBatches, load_dataset
 from .losses import class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
@@ -226,7 +226,11 @@ def run_banner(run: Run) -> str:
 
 # %% ../nbs/04_train.ipynb #d1e79894
 def _load_checkpoint(params):
-    checkpoint = torch.load(Path(params['out_dir']) / CHECKPOINT, map_location='cpu', weights_only=True)
+    checkpoint = load_checkpoint(Path(params['out_dir']) / CHECKPOINT, 'delete it to train from the start, or put '
+                                 'back an intact copy')
+    if not isinstance(checkpoint, dict) or not {'params', 'epoch', 'model'} <= checkpoint.keys():
+        raise ValueError(f"{Path(params['out_dir']) / CHECKPOINT} is not a checkpoint of ala_paper.train (no params, "
+                         f"epoch and model): use another out_dir, or delete it to train from the start")
     saved = with_absent(checkpoint['params'])   # a checkpoint from before a parameter existed had its old value
     for f in fields(Params):
         name = f.name

@@ -181,7 +181,8 @@ def alive(pid: int) -> bool:
     except ProcessLookupError: return False
     return Path(f'/proc/{pid}/status').read_text().find('State:\tZ') < 0      # a zombie has ended
 
-def test_interrupting_a_jobs_sweep_stops_every_run_and_leaves_no_process(tmp_path):
+@pytest.mark.parametrize('how', ['SIGINT', 'SIGTERM'])   # Ctrl-C; kill or a scheduler
+def test_interrupting_a_jobs_sweep_stops_every_run_and_leaves_no_process(tmp_path, how):
     import nbformat
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("dataset = 'synthetic-lt'\nloss = 'ala'\nseed = 0\nout_dir = 'x'\nresume = False")
@@ -203,7 +204,7 @@ def test_interrupting_a_jobs_sweep_stops_every_run_and_leaves_no_process(tmp_pat
         time.sleep(0.5)
     kernels = [int((f/'kernel.pid').read_text()) for f in folders]
     workers = [int((f/LOCK).read_text().split()[1]) for f in folders]
-    sweep.send_signal(signal.SIGINT)                                   # Ctrl-C
+    sweep.send_signal(getattr(signal, how))
     try: out, err = sweep.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         for pid in [sweep.pid] + workers + kernels:

@@ -504,3 +504,21 @@ def test_resume_a_checkpoint_from_before_the_backbone_head_split(tmp_path):
     torch.save(ckpt, tmp_path / 'b' / CHECKPOINT)
     r = cli('--epochs', '3', '--out_dir', tmp_path / 'b', '--resume', '--milestones', '1', '--warmup_epochs', '1')
     assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'does not fit this model' in r.stderr, r.stderr
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
+    "A checkpoint cut short, some other file under its name, or another program's checkpoint: exit 2, one line."
+    from ala_paper.train import main
+    out = tmp_path / 'run'
+    main(['--epochs', '1', '--out_dir', str(out), '--workers', '0', '--progress', 'false'])
+    whole = (out / 'checkpoint.pt').read_bytes()
+    results = (out / 'results.json').read_bytes()
+    capsys.readouterr()
+    for damage, says in ((lambda p: p.write_bytes(whole[:len(whole) // 3]), 'is damaged or cut short'),
+                         (lambda p: p.write_text('notes'), 'is not a PyTorch checkpoint'),
+                         (lambda p: torch.save({'state_dict': {}}, p), 'is not a checkpoint of ala_paper.train')):
+        damage(out / 'checkpoint.pt')
+        with pytest.raises(SystemExit) as e: main(['--epochs', '2', '--out_dir', str(out), '--resume'])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith('error: ') and says in err, err
+        assert (out / 'results.json').read_bytes() == results                # the finished run's results untouched
