@@ -278,7 +278,9 @@ def test_deterministic_sets_the_cublas_workspace_before_cuda(tmp_path, monkeypat
 RESUME_ARGS = ['--epochs', '3', '--warmup_epochs', '1', '--milestones', '2', '--drw_epoch', '1', '--workers', '1', '--quiet']
 
 
-def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])   # a crash; SLURM's preemption or time limit
+def test_killed_mid_epoch_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_path, sig):
+    "Killed in epoch 2 (just after epoch 1's checkpoint): the resumed run is bit for bit the uninterrupted one."
     a, b = tmp_path / 'a', tmp_path / 'b'
     r = cli(*RESUME_ARGS, '--out_dir', a)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -288,11 +290,11 @@ def test_sigkill_after_first_checkpoint_then_resume_equals_uninterrupted(tmp_pat
         while not (b / CHECKPOINT).exists():
             assert p.poll() is None and time.time() - t0 < 300, 'run ended before its first checkpoint'
             time.sleep(0.01)
-        p.send_signal(signal.SIGKILL)
+        p.send_signal(sig)
         p.wait(30)
     finally:
         if p.poll() is None: p.kill()
-    assert p.returncode == -signal.SIGKILL
+    assert p.returncode == -sig
     assert not (b / 'results.json').exists(), 'the run finished before it was killed: the test proves nothing'
     killed_at = torch.load(b / CHECKPOINT, weights_only=True)['epoch']
     assert 1 <= killed_at < 3
