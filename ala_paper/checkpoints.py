@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import error_line
+from .core import atomic_write, error_line
 
 # %% auto #0
 __all__ = ['get_rng_state', 'set_rng_state', 'atomic_save', 'load_checkpoint']
@@ -36,11 +36,8 @@ def set_rng_state(state: dict):
     if cuda is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(cuda)   # this process's own GPU
 
 def atomic_save(obj, path):
-    "torch.save to a temporary file in the same folder, then rename over `path` (atomic on POSIX)."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    "torch.save to a temporary file in the same folder, then rename over `path` (atomic on POSIX); a full disk is named."
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 # %% ../nbs/03d_checkpoints.ipynb #61bf580f

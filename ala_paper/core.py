@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #651ad3cb
 from __future__ import annotations
-import difflib, json, math, os, subprocess
+import difflib, errno, json, math, os, shutil, subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'DATASET_SPECS', 'DATASETS', 'TRANSFORMS', 'DRAWS', 'INITS', 'CIFAR_DEPTHS',
            'TORCHVISION_ARCHS', 'ARCHS', 'LOSS_SPECS', 'LOSSES', 'ALA_VARIANTS', 'ALA_FAMILY', 'COSINE_LOSSES',
-           'project_root', 'git_commit', 'folder_for', 'atomic_write_json', 'known', 'is_missing', 'error_line',
-           'notebook_params', 'check_names', 'one_line_errors', 'DatasetSpec', 'LossSpec', 'check_choice', 'check_draw',
-           'check_init']
+           'project_root', 'git_commit', 'folder_for', 'DiskFullError', 'atomic_write', 'atomic_write_json', 'known',
+           'is_missing', 'error_line', 'notebook_params', 'check_names', 'one_line_errors', 'DatasetSpec', 'LossSpec',
+           'check_choice', 'check_draw', 'check_init']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -47,12 +47,26 @@ def folder_for(path, what: str) -> Path:
         raise NotADirectoryError(f"{what} {path}: {existing} is a file, not a folder; give a folder for the run's files")
     return path
 
-def atomic_write_json(obj, path):
-    "Write JSON to a temporary file beside `path`, then rename it over `path`."
+class DiskFullError(OSError):
+    "No room left to write a run's file; the file it would have replaced is left as it was."
+
+def atomic_write(path, write):
+    "`write(tmp)` on a temporary file beside `path`, then rename it over `path`; if that fails, the temporary goes."
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1))
+    try: write(tmp)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        if getattr(e, 'errno', None) != errno.ENOSPC and free >= 1 << 20: raise
+        kept = f"the previous {path.name} is intact; " if path.exists() else ''
+        raise DiskFullError(f"writing {path} failed: the disk holding {path.parent} is full ({free >> 10} KiB free); "
+                            f"{kept}free some space, then run the same command again") from None
     os.replace(tmp, path)
+
+def atomic_write_json(obj, path):
+    "Write JSON to a temporary file beside `path`, then rename it over `path`."
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 # %% ../nbs/00_core.ipynb #f76f86cd
 def known(x, default=None):
@@ -66,7 +80,7 @@ def is_missing(x) -> bool:
     return known(x, None) is None
 
 # %% ../nbs/00_core.ipynb #c0f36b3e
-USER_MISTAKES = (ValueError, FileNotFoundError, NotADirectoryError)
+USER_MISTAKES = (ValueError, FileNotFoundError, NotADirectoryError, DiskFullError)
 _LITERALS = (str, int, float, bool, list, dict, type(None))   # what papermill's -p and -y give
 
 def error_line(e: BaseException) -> str:

@@ -524,3 +524,27 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith('error: ') and says in err, err
         assert (out / 'results.json').read_bytes() == results                # the finished run's results untouched
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    "ENOSPC in epoch 2's checkpoint: exit 2, one line saying the disk is full; epoch 1's checkpoint intact, no temp file."
+    import errno
+    import ala_paper.checkpoints as ck
+    from ala_paper.train import main
+    out, save, calls = tmp_path / 'run', torch.save, []
+    def save_until_full(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) > 1: raise OSError(errno.ENOSPC, 'No space left on device')
+        return save(obj, f, *a, **k)
+    monkeypatch.setattr(ck.torch, 'save', save_until_full)
+    args = ['--epochs', '2', '--out_dir', str(out), '--workers', '0', '--progress', 'false']
+    with pytest.raises(SystemExit) as e: main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f'error: writing {out / CHECKPOINT} failed: the disk holding') and 'is full' in err, err
+    assert 'the previous checkpoint.pt is intact' in err
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT]                # no temp file, no results.json
+    monkeypatch.setattr(ck.torch, 'save', save)
+    assert torch.load(out / CHECKPOINT, weights_only=True)['epoch'] == 1
+    main(args + ['--resume'])                                                    # room again: it goes on from epoch 1
+    assert (out / 'results.json').is_file()
