@@ -37,7 +37,11 @@ cd "$(dirname "$0")/.."
 [ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { echo "error: usage: bash tests/gpu_run.sh DEST [--minutes M] [--jobs N] [--seeds S ...] [--data_root DIR] [--epochs E] [--smoke]" >&2; exit 2; }
 DEST=$1; shift
 MINUTES=12; JOBS=12; SEEDS=0; DATA_ROOT=data; SMOKE=0; EPOCHS=; DATA_TAR=; PACK=
+need() { [ $# -ge 2 ] && [ "${2#--}" = "$2" ] || { echo "error: $1 needs a value (see the top of tests/gpu_run.sh)" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
+  case $1 in
+    --minutes|--jobs|--epochs|--data_root|--data_tar|--pack) need "$@" ;;
+  esac
   case $1 in
     --minutes) MINUTES=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
@@ -50,6 +54,11 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown option $1 (see the top of tests/gpu_run.sh)" >&2; exit 2 ;;
   esac
 done
+for pair in "--minutes:$MINUTES" "--jobs:$JOBS" "--epochs:${EPOCHS:-1}"; do
+  case ${pair#*:} in ''|*[!0-9]*|0) echo "error: ${pair%%:*} ${pair#*:}: give a whole number of 1 or more" >&2; exit 2 ;; esac
+done
+for s in $SEEDS; do case $s in *[!0-9]*) echo "error: --seeds $s: seeds are whole numbers (0 1 2 ...)" >&2; exit 2 ;; esac; done
+[ -n "${SEEDS// /}" ] || { echo "error: --seeds needs at least one seed" >&2; exit 2; }
 # the data first: a missing or wrong data path ends here, before minutes of GPU check
 if [ -n "$DATA_TAR" ]; then [ -f "$DATA_TAR" ] || { echo "error: --data_tar $DATA_TAR is not a file (see the top of tests/gpu_run.sh)" >&2; exit 2; }
 elif [ $SMOKE = 0 ] && [ ! -d "$DATA_ROOT/cifar-10-batches-py" ] && ! { [ -d "$DATA_ROOT/train" ] && [ -d "$DATA_ROOT/test" ]; }; then

@@ -165,3 +165,15 @@ def test_gpu_run_names_a_damaged_data_tar_or_a_folder_without_cifar(tmp_path):
         assert r.returncode != 0 and 'error: ' in r.stderr and says in r.stderr, r.stderr[-2000:]
         assert 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / 'dest' / 'data').exists()                      # nothing half-extracted left behind
+
+
+@pytest.mark.parametrize('args, says', [(['--minutes', 'abc'], '--minutes abc: give a whole number'),
+                                        (['--jobs', '0'], '--jobs 0: give a whole number'),
+                                        (['--minutes'], '--minutes needs a value'),
+                                        (['--seeds', 'x'], '--seeds x: seeds are whole numbers'),
+                                        (['--bogus'], 'unknown option --bogus')])
+def test_gpu_run_options_a_user_gets_wrong_are_one_line(tmp_path, args, says):
+    r = subprocess.run(['bash', str(ROOT / 'tests' / 'gpu_run.sh'), str(tmp_path / 'dest'), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == r.stderr.strip().splitlines()[0] and says in r.stderr, r.stderr
+    assert not (tmp_path / 'dest').exists()
