@@ -124,6 +124,7 @@ class Params:
     download: bool = param(False, 'allow downloads (CIFAR pickles, ImageNet weights) where there is internet')
     progress: bool = param(None, 'progress bars (None: on a terminal)')
     verbose: bool = param(True, 'a line per epoch')
+    tensorboard: bool = param(False, 'TensorBoard scalars per epoch into OUT_DIR/tensorboard (pip install tensorboard)')
 
 PARAM_NAMES = tuple(f.name for f in fields(Params))
 

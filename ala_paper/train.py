@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os
 if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
-import copy, inspect, json, math, platform, random, subprocess, sys, time, traceback
+import copy, importlib.util, inspect, json, math, platform, random, subprocess, sys, time, traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -390,6 +390,28 @@ def _epoch_line(params, rec) -> str:
             f"train acc {rec['train_acc']:.1f}%  {rec['images'] / rec['seconds']:.0f} img/s  {rec['seconds']:.1f}s"
             + (f"  test {test['all']:.1f}%" if test else '') + ('  [DRW]' if rec['drw'] else ''))
 
+def _board(run: Run):
+    "A TensorBoard writer into OUT_DIR/tensorboard (rank 0, `tensorboard` on); a resumed run drops events after its epoch."
+    if not run.params['tensorboard'] or run.rank != 0: return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run.out / 'tensorboard'), purge_step=run.start + 1)
+
+def _board_epoch(board, rec: dict):
+    "An epoch's scalars: loss, accuracy, rate, speed, DRW on or off, and the test top-1 per shot group when tested."
+    scalars = {'train/loss': rec['loss'], 'train/accuracy': rec['train_acc'], 'train/lr': rec['lr'],
+               'train/images_per_second': rec['images'] / rec['seconds'], 'train/drw': float(rec['drw'])}
+    scalars.update({f'test/top1_{g}': v for g, v in (rec.get('test_top1') or {}).items() if v is not None})
+    for tag, value in scalars.items(): board.add_scalar(tag, value, rec['epoch'])
+    board.flush()
+
+def _board_final(run: Run, top1: dict):
+    "The final test top-1 per shot group, at the last epoch, beside the per-epoch curves."
+    if not run.params['tensorboard'] or run.rank != 0: return
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(str(run.out / 'tensorboard')) as board:
+        for group, value in top1.items():
+            if value is not None: board.add_scalar(f'test/top1_{group}', value, run.params['epochs'])
+
 def run_epochs(run: Run):
     "Every epoch not done yet: train it, test it if due (`eval_every`), checkpoint it, log it."
     params = run.params
@@ -397,6 +419,7 @@ def run_epochs(run: Run):
     per_epoch = min(len(run.batches) // params['grad_accum'] * params['batch_size'], len(run.data.train))
     epoch_bar = tqdm(total=params['epochs'], initial=run.start, desc='epochs', unit='epoch', disable=not bars,
                      dynamic_ncols=True)
+    board = _board(run)
     for epoch in range(run.start, params['epochs']):
         started = time.time()
         with tqdm(total=per_epoch, desc=f'epoch {epoch + 1}/{params["epochs"]}', unit='img', unit_scale=True,
@@ -413,7 +436,9 @@ def run_epochs(run: Run):
         epoch_bar.update(1)
         epoch_bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
         if not bars: _log(params, run.rank, _epoch_line(params, rec))
+        if board: _board_epoch(board, rec)
     epoch_bar.close()
+    if board: board.close()
 
 # %% ../nbs/04_train.ipynb #8c4d85fd
 @torch.no_grad()
@@ -510,6 +535,7 @@ def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
                    images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
                    batchnorm=bn_batch(params, run.world), env=_env(params, run.world))
     atomic_write_json(results, run.out / RESULTS)
+    _board_final(run, top1)
     show = lambda v: '-' if v is None else f'{v:.1f}'
     _log(params, run.rank, f"top-1 all {show(top1['all'])}  many {show(top1['many'])}  "
                            f"medium {show(top1['medium'])}  few {show(top1['few'])}  -> {run.out / RESULTS}")
@@ -525,6 +551,8 @@ def train(**kwargs) -> dict:
     if params['device'] == 'cuda': check_local_gpu(local_rank)
     if params['sync_bn'] and world > 1 and params['device'] != 'cuda':
         raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs): pass sync_bn=False on the CPU")
+    if params['tensorboard'] and importlib.util.find_spec('tensorboard') is None:
+        raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard (or leave it off)")
     if params['batch_size'] % (world * params['grad_accum']):
         raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
                          f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "

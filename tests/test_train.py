@@ -548,3 +548,24 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
     assert torch.load(out / CHECKPOINT, weights_only=True)['epoch'] == 1
     main(args + ['--resume'])                                                    # room again: it goes on from epoch 1
     assert (out / 'results.json').is_file()
+
+
+def test_tensorboard_writes_the_epoch_scalars_and_a_resume_continues_them(tmp_path):
+    "tensorboard=True: one event stream under OUT_DIR/tensorboard with train and test scalars per epoch, no step twice."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from ala_paper.train import train
+    out = tmp_path / 'run'
+    kw = dict(out_dir=str(out), workers=0, progress=False, verbose=False, tensorboard=True, eval_every=1)
+    train(epochs=2, **kw)
+    train(epochs=3, resume=True, **kw)                                  # a second writer appends epoch 3
+    acc = EventAccumulator(str(out / 'tensorboard')).Reload()
+    tags = set(acc.Tags()['scalars'])
+    assert {'train/loss', 'train/accuracy', 'train/lr', 'train/images_per_second', 'train/drw',
+            'test/top1_all', 'test/top1_many'} <= tags, tags
+    history = results(out)['history']
+    for tag, key in (('train/loss', 'loss'), ('train/accuracy', 'train_acc'), ('train/lr', 'lr')):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3], (tag, events)
+        assert [e.value for e in events] == pytest.approx([h[key] for h in history], rel=1e-6)
+    assert [e.step for e in acc.Scalars('test/top1_all')] == [1, 2, 3]  # tested while training (1), then each final test
+    assert acc.Scalars('test/top1_all')[-1].value == pytest.approx(results(out)['top1']['all'])
