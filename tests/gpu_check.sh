@@ -6,5 +6,6 @@
 # Under 10 minutes on one GPU. A CPU smoke run of the same script (what CI does): bash tests/gpu_check.sh --device cpu --quick --out /tmp/r.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # ala_paper from this checkout, installed or not
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
-exec timeout 600 python tests/gpu_check.py "$@"
+exec timeout 600 "${PYTHON:-python3}" tests/gpu_check.py "$@"

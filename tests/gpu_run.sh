@@ -64,6 +64,8 @@ if [ -n "$DATA_TAR" ]; then [ -f "$DATA_TAR" ] || { echo "error: --data_tar $DAT
 elif [ $SMOKE = 0 ] && [ ! -d "$DATA_ROOT/cifar-10-batches-py" ] && ! { [ -d "$DATA_ROOT/train" ] && [ -d "$DATA_ROOT/test" ]; }; then
   echo "error: $DATA_ROOT holds neither cifar-10-batches-py/ (CIFAR-10's python pickles) nor train/ and test/ class folders: pass --data_root DIR or --data_tar FILE (data/README.md, the top of tests/gpu_run.sh)" >&2; exit 2
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # ala_paper from this checkout, installed or not
+PY=${PYTHON:-python3}   # the Python that holds PyTorch (a GPU image may have no `python`); PYTHON=... to choose
 mkdir -p "$DEST"
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE GPU_RUN_DEADLINE=$(( $(date +%s) + MINUTES * 60 - 30 ))
 
@@ -72,11 +74,11 @@ if [ $SMOKE = 1 ]; then CHECK=(--device cpu --quick --only cosine_head_precision
 else CHECK=(--only environment cosine_head_precision ddp_weighted_grad_and_augmentation engine_fp16_step
             channels_last_as_exact exact_resume_deterministic corrupt_jpeg_is_named nccl_train_two_gpus
             resnet50_batch512_bf16 other_backbones_batch256 jpeg_loader_keeps_up); LIMIT=180; fi
-timeout $LIMIT python tests/gpu_check.py "${CHECK[@]}" --out "$DEST/gpu_check.json" \
+timeout $LIMIT "$PY" tests/gpu_check.py "${CHECK[@]}" --out "$DEST/gpu_check.json" \
   && echo "gpu check passed" || echo "gpu check: FAILED or cut at ${LIMIT} s (see $DEST/gpu_check.json); the runs go on"
 
 # 2. the bench table on CIFAR-10-LT, N runs at once, stopped cleanly at the deadline
-GPU_RUN_DATA_TAR=$DATA_TAR GPU_RUN_PACK=$PACK exec python - "$DEST" "$JOBS" "$SMOKE" "$DATA_ROOT" "$EPOCHS" $SEEDS <<'PY'
+GPU_RUN_DATA_TAR=$DATA_TAR GPU_RUN_PACK=$PACK exec "$PY" - "$DEST" "$JOBS" "$SMOKE" "$DATA_ROOT" "$EPOCHS" $SEEDS <<'PY'
 import hashlib, json, os, shutil, signal, subprocess, sys, tarfile, time
 from pathlib import Path
 from ala_paper.core import atomic_write_json, git_commit
