@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, folder_for
+from .checkpoints import load_checkpoint
 from .data import DATASETS, load_dataset
 from .models import build_model
 from .recipe import _Parser, with_absent
@@ -25,21 +26,13 @@ def _sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()
 
-def _torch_load(path: Path):
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        with open(path, 'rb') as f: zipped = f.read(4) == b'PK\x03\x04'   # torch.save writes a zip archive
-        why = ('is damaged or truncated (a partial copy?): copy it again from the run' if zipped else
-               "is not a PyTorch checkpoint: give a run's checkpoint.pt (or its folder)")
-        raise ValueError(f"{path} {why} ({error_line(e).split('. ')[0]})") from None
-
 # %% ../nbs/09_evaluate.ipynb #18313d52
 def read_checkpoint(path) -> dict:
     "{'model': state_dict, 'params': the run's parameters, 'results': results.json beside it or None, 'path', 'sha256', 'epoch', 'history'}."
     path = Path(path).expanduser()
     if path.is_dir(): path = path / CHECKPOINT
     if not path.is_file(): raise FileNotFoundError(f"checkpoint not found: {path} (give a run's {CHECKPOINT} or its folder)")
-    ck = _torch_load(path)
+    ck = load_checkpoint(path, fix=f"copy the run's {CHECKPOINT} again, whole (or give its folder)")
     beside = path.parent / RESULTS
     results = json.loads(beside.read_text()) if beside.is_file() else None
     if isinstance(ck, dict) and isinstance(ck.get('model'), dict) and isinstance(ck.get('params'), dict):

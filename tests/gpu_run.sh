@@ -100,17 +100,23 @@ data_tar, pack, data_sha = os.environ.get('GPU_RUN_DATA_TAR'), os.environ.get('G
 is_cifar = lambda d: (d / 'cifar-10-batches-py').is_dir() or ((d / 'train').is_dir() and (d / 'test').is_dir())
 if data_tar:                                 # extracted once into DEST/data; its sha256 is that of the tar inside
     target, sha = dest / 'data', hashlib.sha256()
+    st = Path(data_tar).stat()                # the same archive file as last call: no second decompression
+    key, marker = dict(archive=str(Path(data_tar).resolve()), bytes=st.st_size, mtime_ns=st.st_mtime_ns), target / '.extracted'
+    try: done = json.loads(marker.read_text())
+    except (OSError, ValueError): done = {}
     try:
-        import lzma, gzip
-        opener = lzma.open if data_tar.endswith('.xz') else gzip.open if data_tar.endswith(('.gz', '.tgz')) else open
-        with opener(data_tar, 'rb') as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b''): sha.update(chunk)
-        data_sha = sha.hexdigest()
-        if not (target / '.extracted').is_file() or (target / '.extracted').read_text() != data_sha:
+        if isinstance(done, dict) and done.get('archive') == key and done.get('sha256'):
+            data_sha = done['sha256']
+        else:
+            import lzma, gzip
+            opener = lzma.open if data_tar.endswith('.xz') else gzip.open if data_tar.endswith(('.gz', '.tgz')) else open
+            with opener(data_tar, 'rb') as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b''): sha.update(chunk)
+            data_sha = sha.hexdigest()
             shutil.rmtree(target, ignore_errors=True)
             print(f"extracting {data_tar} into {target}", flush=True)
             with tarfile.open(data_tar) as tf: tf.extractall(target, filter='data')
-            (target / '.extracted').write_text(data_sha)
+            marker.write_text(json.dumps(dict(archive=key, sha256=data_sha)))   # written last: a cut extraction redoes
     except (OSError, EOFError, tarfile.TarError, ValueError) as ex:
         shutil.rmtree(target, ignore_errors=True)
         sys.exit(f"error: --data_tar {data_tar} cannot be read as a tar of CIFAR image folders ({type(ex).__name__}: "

@@ -61,7 +61,7 @@ def _mistakes(run_dir, tmp):
     return {
         'checkpoint not found': ['--checkpoint', tmp / 'missing.pt'],
         'is not a PyTorch checkpoint': ['--checkpoint', tmp / 'notes.txt'],
-        'damaged or truncated': ['--checkpoint', tmp / 'cut.pt'],
+        'is damaged or cut short': ['--checkpoint', tmp / 'cut.pt'],
         'do not fit resnet20': ['--checkpoint', _variant(run_dir, tmp / 'arch.pt',
                                                          lambda ck: ck['params'].update(arch='resnet20'))],
         'head for 5 classes': ['--checkpoint', _variant(run_dir, tmp / 'five.pt', fewer_classes)],
@@ -80,7 +80,7 @@ def test_every_mistake_is_one_line_and_status_2(run_dir, tmp_path, capsys):
         assert expected in err, (expected, err)
     proc = _cli('--checkpoint', tmp_path / 'cut.pt', cwd=tmp_path)           # and through the real command line
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ') and 'truncated' in lines[0]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ') and 'cut short' in lines[0]
     assert not (tmp_path / 'evaluated').exists()
 
 

@@ -138,7 +138,7 @@ def test_gpu_run_takes_a_data_tar_and_packs_what_a_lent_machine_sends_back(tmp_p
     r, summary = gpu_run(dest, '--data_tar', str(tmp_path / 'cifar.tar.xz'), '--pack', str(pack))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert summary['data_tar_sha256'] == hashlib.sha256(inner).hexdigest()
-    assert Path(summary['data_root']) == (dest / 'data').resolve()
+    assert Path(summary['data_root']) == (dest / 'data').resolve() and 'extracting' in r.stdout
     results = list((dest / 'runs').rglob('results.json'))
     assert len(results) == 2 and all(json.loads(p.read_text())['params']['data_root'] == summary['data_root'] for p in results)
     sent = sorted(p.name for p in pack.iterdir())
@@ -150,6 +150,8 @@ def test_gpu_run_takes_a_data_tar_and_packs_what_a_lent_machine_sends_back(tmp_p
     for p in results:                                                    # the pack restores DEST's runs byte for byte
         assert (back / p.relative_to(dest)).read_bytes() == p.read_bytes()
         assert (back / p.relative_to(dest)).with_name('checkpoint.pt').read_bytes() == p.with_name('checkpoint.pt').read_bytes()
+    again, summary = gpu_run(dest, '--data_tar', str(tmp_path / 'cifar.tar.xz'))   # the same archive: not unpacked again
+    assert again.returncode == 0 and 'extracting' not in again.stdout and summary['data_tar_sha256'] == hashlib.sha256(inner).hexdigest()
 
 
 def test_gpu_run_names_a_damaged_data_tar_or_a_folder_without_cifar(tmp_path):
