@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #651ad3cb
 from __future__ import annotations
-import difflib, errno, json, math, os, shutil, subprocess
+import difflib, errno, hashlib, json, math, os, shutil, subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CHECKPOINT', 'RESULTS', 'USER_MISTAKES', 'DATASET_SPECS', 'DATASETS', 'TRANSFORMS', 'DRAWS', 'INITS', 'CIFAR_DEPTHS',
-           'TORCHVISION_ARCHS', 'ARCHS', 'LOSS_SPECS', 'LOSSES', 'ALA_VARIANTS', 'ALA_FAMILY', 'COSINE_LOSSES',
-           'project_root', 'git_commit', 'folder_for', 'DiskFullError', 'atomic_write', 'atomic_write_json', 'known',
-           'is_missing', 'error_line', 'notebook_params', 'check_names', 'one_line_errors', 'DatasetSpec', 'LossSpec',
-           'check_choice', 'check_draw', 'check_init']
+__all__ = ['CHECKPOINT', 'RESULTS', 'WEIGHTS', 'USER_MISTAKES', 'DATASET_SPECS', 'DATASETS', 'TRANSFORMS', 'DRAWS', 'INITS',
+           'CIFAR_DEPTHS', 'TORCHVISION_ARCHS', 'ARCHS', 'LOSS_SPECS', 'LOSSES', 'ALA_VARIANTS', 'ALA_FAMILY',
+           'COSINE_LOSSES', 'project_root', 'git_commit', 'folder_for', 'DiskFullError', 'atomic_write',
+           'atomic_write_json', 'file_sha256', 'known', 'is_missing', 'error_line', 'notebook_params', 'check_names',
+           'one_line_errors', 'DatasetSpec', 'LossSpec', 'check_choice', 'check_draw', 'check_init']
 
 # %% ../nbs/00_core.ipynb #2e16e4ef
 def project_root() -> Path:
@@ -37,7 +37,7 @@ def git_commit(root=None) -> str | None:
     except (OSError, subprocess.SubprocessError): return None
 
 # %% ../nbs/00_core.ipynb #52bf379f
-CHECKPOINT, RESULTS = 'checkpoint.pt', 'results.json'
+CHECKPOINT, RESULTS, WEIGHTS = 'checkpoint.pt', 'results.json', 'weights.pt'
 
 def folder_for(path, what: str) -> Path:
     "`path` as an absolute folder to write into, unless it or a folder above it is a file (a one-line error naming it)."
@@ -67,6 +67,14 @@ def atomic_write(path, write):
 def atomic_write_json(obj, path):
     "Write JSON to a temporary file beside `path`, then rename it over `path`."
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+# %% ../nbs/00_core.ipynb #84fb7055
+def file_sha256(path) -> str:
+    "The SHA-256 of a file's bytes, read in 1 MiB blocks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #f76f86cd
 def known(x, default=None):
