@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ala_paper.fixtures import write_fake_run, write_fake_runs
 from ala_paper.metrics import shot_group
-from ala_paper.report import (FAKE_BANNER, METRICS, benchmark_table, build_figures, build_tables, load_paper,
-                              load_published, load_runs, mean_std, paper_vs_ours, posthoc_top1, printed_table)
+from ala_paper.plots import build_figures
+from ala_paper.report import (FAKE_BANNER, METRICS, benchmark_table, build_tables, load_paper, load_published, load_runs,
+                              mean_std, paper_vs_ours, posthoc_top1, printed_table)
 from ala_paper.sweep import TABLES
 
 PAPER = ROOT.parent/'shared'/'paper'/'ala-loss-paper.md'
