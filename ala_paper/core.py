@@ -50,19 +50,29 @@ def folder_for(path, what: str) -> Path:
 class DiskFullError(OSError):
     "No room left to write a run's file; the file it would have replaced is left as it was."
 
+def _write_error(path: Path, e: Exception) -> Exception:
+    "What a failed write of `path` says: a full disk, or a place that cannot be written (one line); else `e` itself."
+    code, parent = getattr(e, 'errno', None), next(p for p in (path.parent, *path.parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if code == errno.ENOSPC or (code is None and free < 1 << 20):   # torch.save's full disk has no errno
+        kept = f"the previous {path.name} is intact; " if path.is_file() else ''
+        return DiskFullError(f"writing {path} failed: the disk holding {path.parent} is full ({free >> 10} KiB free); "
+                             f"{kept}free some space, then run the same command again")
+    if isinstance(e, OSError) and code is not None:
+        what = 'it is a folder' if path.is_dir() else (e.strerror or type(e).__name__).lower()
+        return ValueError(f"cannot write {path} ({what}): give a file in a folder you can write to")
+    return e
+
 def atomic_write(path, write):
-    "`write(tmp)` on a temporary file beside `path`, then rename it over `path`; if that fails, the temporary goes."
+    "`write(tmp)` on a temporary file beside `path`, then rename it over `path`; if either fails, the temporary goes."
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try: write(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
     except Exception as e:
         tmp.unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free
-        if getattr(e, 'errno', None) != errno.ENOSPC and free >= 1 << 20: raise
-        kept = f"the previous {path.name} is intact; " if path.exists() else ''
-        raise DiskFullError(f"writing {path} failed: the disk holding {path.parent} is full ({free >> 10} KiB free); "
-                            f"{kept}free some space, then run the same command again") from None
-    os.replace(tmp, path)
+        raise _write_error(path, e) from None
 
 def atomic_write_json(obj, path):
     "Write JSON to a temporary file beside `path`, then rename it over `path`."
