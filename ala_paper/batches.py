@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data import ArrayBatches, ArrayDataset, DeviceDecoder, EncodedImages, collate_encoded
+from .data import ArrayBatches, ArrayDataset
+from .transforms import DeviceDecoder, EncodedImages, collate_encoded
 
 # %% auto #0
 __all__ = ['seed_of', 'SeededSampler', 'SeededDataset', 'make_batches']

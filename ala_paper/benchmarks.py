@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ArrayDataset, ImageListDataset, load_dataset, make_transforms
+from .data import ArrayDataset, ImageListDataset, load_dataset
+from .transforms import make_transforms
 from .losses import make_loss
 from .models import build_model
 from .recipe import default_workers

@@ -144,13 +144,22 @@ def one_line_errors(kinds=USER_MISTAKES, line=None, shell=None):
 # %% ../nbs/00_core.ipynb #22a40b61
 @dataclass(frozen=True)
 class DatasetSpec:
-    "A benchmark by name: its default image pipeline, and whether it is CIFAR's files (a long-tailed subset drawn)."
+    "A benchmark by name: its default image pipeline, the reader of its format (`ala_paper.data.READERS`), its lists."
     transform: str = 'imagenet'   # one of TRANSFORMS
-    cifar: bool = False           # CIFAR-10/100: imbalance_ratio and data_draw choose the subset; torchvision downloads it
+    reader: str = 'split-lists'   # 'synthetic' (generated in memory), 'cifar', 'inat' or 'split-lists'
+    lists: tuple = ()             # the (train, test) split lists under data_root; () = the user's train_list, test_list
 
-DATASET_SPECS = {'synthetic-lt': DatasetSpec('synthetic'), 'cifar10-lt': DatasetSpec('cifar', cifar=True),
-                 'cifar100-lt': DatasetSpec('cifar', cifar=True), 'imagenet-lt': DatasetSpec(),
-                 'places-lt': DatasetSpec('imagenet-jitter'), 'inat2018': DatasetSpec(), 'split-list': DatasetSpec()}
+    @property
+    def cifar(self) -> bool:
+        "CIFAR-10/100's files: imbalance_ratio and data_draw choose the long-tailed subset; torchvision downloads them."
+        return self.reader == 'cifar'
+
+DATASET_SPECS = {'synthetic-lt': DatasetSpec('synthetic', 'synthetic'), 'cifar10-lt': DatasetSpec('cifar', 'cifar'),
+                 'cifar100-lt': DatasetSpec('cifar', 'cifar'),
+                 'imagenet-lt': DatasetSpec(lists=('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt')),
+                 'places-lt': DatasetSpec('imagenet-jitter', lists=('Places_LT_train.txt', 'Places_LT_test.txt')),
+                 'inat2018': DatasetSpec(reader='inat', lists=('iNaturalist18_train.txt', 'iNaturalist18_val.txt')),
+                 'split-list': DatasetSpec()}
 DATASETS = tuple(DATASET_SPECS)
 TRANSFORMS = ('imagenet', 'imagenet-jitter', 'cifar', 'synthetic')
 DRAWS = ('random', 'ldam')

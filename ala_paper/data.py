@@ -11,19 +11,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .core import DATASET_SPECS, DATASETS, DRAWS, TRANSFORMS, check_draw
+from .core import DATASET_SPECS, DATASETS, DRAWS, DatasetSpec, check_draw
+from .synthetic import synthetic_lt
+from .transforms import Pipeline, custom_pipeline, fit_image, make_transforms
 
 # %% auto #0
-__all__ = ['README_HINT', 'IN_MEMORY_MAX_BYTES', 'SYNTHETIC_FAMILIES', 'SYNTHETIC_SEP', 'LTData', 'fit_image', 'ToUint8',
-           'random_crop_flip', 'BatchTransform', 'Pipeline', 'make_transforms', 'custom_pipeline', 'ImageListDataset',
-           'open_rgb', 'ArrayDataset', 'decode_images', 'ArrayBatches', 'EncodedImages', 'EncodedBatch',
-           'collate_encoded', 'random_resized_box', 'DeviceDecoder', 'read_split_list', 'check_files_exist',
+__all__ = ['README_HINT', 'IN_MEMORY_MAX_BYTES', 'READERS', 'LTData', 'ReadRequest', 'ImageListDataset', 'open_rgb',
+           'ArrayDataset', 'decode_images', 'ArrayBatches', 'read_split_list', 'check_files_exist',
            'class_counts_from_labels', 'fits_in_memory', 'read_inat_json', 'cifar_lt_counts', 'long_tail_select',
-           'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders', 'synthetic_layout',
-           'synthetic_images', 'synthetic_lt', 'plot_synthetic_examples', 'load_dataset']
+           'read_cifar', 'read_image_folder', 'cifar_layout', 'read_cifar_folders', 'DatasetReader', 'load_dataset']
 
 # %% ../nbs/02_data.ipynb #324055ee
 README_HINT = "see data/README.md for how to obtain it and the expected layout"
@@ -38,99 +36,26 @@ class LTData:
     class_names: list
     num_classes: int
     transform: str
-    pipeline: 'Pipeline'
+    pipeline: Pipeline
     meta: dict = field(default_factory=dict)
 
-# %% ../nbs/02_data.ipynb #2cc4f61e
-_NORM = dict(imagenet=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-             cifar=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-             synthetic=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
-_CROP_PAD = dict(cifar=4, synthetic=2)   # LDAM's pad-4 crop at 32 px; the same idea at synthetic-lt's 16 px
-
-def fit_image(img: Image.Image, size: int) -> Image.Image:
-    "Resize the shorter side to `size` and centre-crop a `size` × `size` square (torchvision's Resize + CenterCrop)."
-    import torchvision.transforms.functional as TF
-    return TF.center_crop(TF.resize(img, size), size)
-
-class ToUint8:
-    "Per image: a PIL image or a uint8 `[H, W, 3]` array -> uint8 `[3, size, size]` tensor (fitted when `size` is set)."
-    takes_array = True   # `ArrayDataset` hands it its arrays directly
-    def __init__(self, size: int | None = None): self.size = size
-    def __call__(self, img):
-        if isinstance(img, np.ndarray):
-            if self.size is None or img.shape[:2] == (self.size, self.size):
-                return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-            img = Image.fromarray(img)
-        if self.size is not None and img.size != (self.size, self.size): img = fit_image(img, self.size)
-        return torch.from_numpy(np.array(img.convert('RGB'), dtype=np.uint8)).permute(2, 0, 1)
-    def __repr__(self): return f"ToUint8(size={self.size})"
-
-# %% ../nbs/02_data.ipynb #4a08d0cd
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True, generator=None) -> torch.Tensor:
-    "Per image of a uint8 batch `[B, 3, H, W]`: zero-pad by `pad`, take a random H × W window, mirror it with p = 1/2."
-    batch, _, height, width = x.shape
-    dev = x.device
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad))        # [B, H+2p, W+2p, 3], zeros outside
-    top = torch.randint(0, 2 * pad + 1, (batch, 1), device=dev, generator=generator)
-    left = torch.randint(0, 2 * pad + 1, (batch, 1), device=dev, generator=generator)
-    rows, cols = top + torch.arange(height, device=dev), left + torch.arange(width, device=dev)
-    if flip:
-        mirrored = torch.rand(batch, 1, device=dev, generator=generator) < 0.5
-        cols = torch.where(mirrored, cols.flip(1), cols)                       # a mirror reads the columns backwards
-    out = padded[torch.arange(batch, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]   # [B, H, W, 3]
-    return out.permute(0, 3, 1, 2)                                             # NCHW view, channels_last strides
-
-# %% ../nbs/02_data.ipynb #93362c81
-class BatchTransform:
-    "On device: uint8 `[B, 3, H, W]` -> float, normalised by `mean`/`std` (else / 255); with `pad`, crop + flip first."
-    def __init__(self, mean=None, std=None, pad: int = 0, flip: bool = False):
-        self.pad, self.flip = pad, flip
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self._on = {}   # device -> (mean, std) there
-
-    def __call__(self, x: torch.Tensor, generator=None, channels_last: bool = False) -> torch.Tensor:
-        if x.dtype == torch.uint8:                          # anything else came normalised from a custom transform
-            if self.pad or self.flip: x = random_crop_flip(x, self.pad, self.flip, generator)
-            x = x.float()
-            if self.mean is None: x = x.div_(255)
-            else:
-                if x.device not in self._on: self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
-                mean, std = self._on[x.device]
-                x = x.sub_(mean).div_(std)
-        layout = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
-        return x.contiguous(memory_format=layout)
-
-    def __repr__(self): return f"BatchTransform(pad={self.pad}, flip={self.flip}, normalise={self.mean is not None})"
-
-@dataclass
-class Pipeline:
-    "What a transform name means: `*_sample` per image (to uint8, where decoded), `*_batch` per batch on the device."
-    name: str
-    train_sample: Callable
-    test_sample: Callable
-    train_batch: BatchTransform
-    test_batch: BatchTransform
-    size: int | None = None     # every image comes out `size` × `size`: small enough ones can live in memory
-
-def make_transforms(name: str, size: int | None = None) -> Pipeline:
-    "The `Pipeline` of transform `name` in `TRANSFORMS` (`size` only for `synthetic`)."
-    from torchvision import transforms
-    if name not in TRANSFORMS: raise ValueError(f"unknown transform {name!r}; valid: {', '.join(TRANSFORMS)}")
-    norm = _NORM['imagenet' if name.startswith('imagenet') else name]
-    if name.startswith('imagenet'):
-        jitter = [transforms.ColorJitter(0.4, 0.4, 0.4)] if name == 'imagenet-jitter' else []   # LADE's Places-LT
-        train = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), *jitter,
-                                    transforms.PILToTensor()])
-        test = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
-        return Pipeline(name, train, test, BatchTransform(*norm), BatchTransform(*norm))
-    size = 32 if name == 'cifar' else (size or 16)
-    return Pipeline(name, ToUint8(size), ToUint8(size), BatchTransform(*norm, pad=_CROP_PAD[name], flip=True),
-                    BatchTransform(*norm), size)
-
-def custom_pipeline(train_tf: Callable, test_tf: Callable) -> Pipeline:
-    "Your own per-image transforms (on PIL images); a float output is used as it is, a uint8 one scaled to [0, 1]."
-    return Pipeline('custom', train_tf, test_tf, BatchTransform(), BatchTransform())
+# %% ../nbs/02_data.ipynb #60f65936
+@dataclass(frozen=True)
+class ReadRequest:
+    "What `load_dataset` hands a reader: the dataset's name and spec, its folder and pipeline, the load options."
+    dataset: str
+    spec: DatasetSpec
+    root: Path | None          # data_root; None for a dataset generated in memory
+    pipe: Pipeline
+    train_list: str | None = None
+    test_list: str | None = None
+    imbalance_ratio: float = 100
+    seed: int = 0
+    draw: str = 'random'
+    download: bool = False
+    check_files: bool = True
+    in_memory: bool | None = None
+    options: dict = field(default_factory=dict)   # a generated dataset's options: load_dataset's extra keywords
 
 # %% ../nbs/02_data.ipynb #44ba07f4
 class ImageListDataset(torch.utils.data.Dataset):
@@ -213,73 +138,6 @@ class ArrayBatches:
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             x, y = self.images[idx].permute(0, 3, 1, 2), self.labels[idx]
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-# %% ../nbs/02_data.ipynb #e3263efa
-class EncodedImages(torch.utils.data.Dataset):
-    "The files of an `ImageListDataset`, undecoded: `(uint8 bytes, label)`, to decode on the training device."
-    def __init__(self, images: ImageListDataset): self.images = images
-    def __len__(self): return len(self.images)
-    def __getitem__(self, i):   # a numpy array crosses from a worker by plain pickling, without file-descriptor sharing
-        path = self.images.path(i)
-        return np.fromfile(path, dtype=np.uint8), int(self.images.targets[i]), str(path)
-
-class EncodedBatch(list):
-    "A list of encoded files that keeps their `paths`, so a file that fails to decode can be named."
-    def __init__(self, files, paths): super().__init__(files); self.paths = list(paths)
-    def __reduce__(self): return EncodedBatch, (list(self), self.paths)
-
-def collate_encoded(batch):
-    "A batch of encoded files stays a list (their lengths differ), with their paths."
-    return EncodedBatch([b[0] for b in batch], [b[2] for b in batch]), torch.tensor([b[1] for b in batch])
-
-def random_resized_box(h: int, w: int, generator=None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    "RandomResizedCrop's box `(top, left, height, width)`: 10 tries at a random area and aspect, else a centred crop."
-    log_r = torch.log(torch.tensor(ratio))
-    for _ in range(10):
-        area = h * w * float(torch.empty(1).uniform_(*scale, generator=generator))
-        aspect = float(torch.exp(torch.empty(1).uniform_(float(log_r[0]), float(log_r[1]), generator=generator)))
-        crop_w, crop_h = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
-        if 0 < crop_w <= w and 0 < crop_h <= h:
-            top = int(torch.randint(0, h - crop_h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - crop_w + 1, (1,), generator=generator))
-            return top, left, crop_h, crop_w
-    aspect = w / h
-    if aspect > ratio[1]: crop_w, crop_h = round(h * ratio[1]), h
-    elif aspect < ratio[0]: crop_w, crop_h = w, round(w / ratio[0])
-    else: crop_w, crop_h = w, h
-    return (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w
-
-class DeviceDecoder:
-    "Decodes encoded images on `device`, each cropped like the `imagenet` pipeline: a uint8 `[B, 3, 224, 224]` batch."
-    def __init__(self, train: bool, size: int = 224): self.train, self.size = train, size
-    def __call__(self, files, device, generator=None):
-        import torchvision.io as io
-        import torchvision.transforms.v2.functional as TF
-        paths = getattr(files, 'paths', [f'number {k} of the batch' for k in range(len(files))])
-        files = [torch.from_numpy(f) if isinstance(f, np.ndarray) else f for f in files]
-        try: images = io.decode_jpeg(files, mode=io.ImageReadMode.RGB, device=device)
-        except RuntimeError:   # a PNG, or a JPEG nvJPEG refuses: decode one by one, on the CPU where needed
-            images = [self._decode_one(encoded, device, path) for encoded, path in zip(files, paths)]
-        out = []
-        for img in images:
-            if self.train:
-                top, left, h, w = random_resized_box(*img.shape[-2:], generator=generator)
-                img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
-                if float(torch.rand(1, generator=generator)) < 0.5: img = img.flip(-1)
-            else:
-                img = TF.resize(img, [round(self.size * 256 / 224)], antialias=True)
-                img = TF.center_crop(img, [self.size, self.size])
-            out.append(img)
-        return torch.stack(out)
-    @staticmethod
-    def _decode_one(encoded, device, path):
-        import torchvision.io as io
-        try: return io.decode_jpeg(encoded, mode=io.ImageReadMode.RGB, device=device)
-        except RuntimeError: pass
-        try: return io.decode_image(encoded, mode=io.ImageReadMode.RGB).to(device)
-        except RuntimeError as e:   # the words of `open_rgb`'s error, on the first line of torchvision's message
-            raise ValueError(f"cannot decode image {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                             f"replace or remove it from the list") from None
 
 # %% ../nbs/02_data.ipynb #5c0e2ee3
 def read_split_list(path) -> tuple[list, np.ndarray]:
@@ -372,6 +230,17 @@ def _list_dataset(name, root, train_list, test_list, pipe, check_files=True, met
                 meta=dict(meta or {}, train_list=str(train_list), test_list=str(test_list),
                           num_train=len(train_labels), num_test=len(test_labels)))
 
+# %% ../nbs/02_data.ipynb #a675f183
+def _read_lists(req: ReadRequest, meta=None) -> dict:
+    "The images of `train_list` and `test_list` under data_root (each by default its spec's list file)."
+    train_file, test_file = req.spec.lists or (None, None)
+    train_list, test_list = req.train_list or train_file, req.test_list or test_file
+    if train_list is None or test_list is None:
+        raise ValueError(f"{req.dataset} needs train_list and test_list ('relative/path label' files, "
+                         "paths relative to data_root)")
+    return _list_dataset(req.dataset, req.root, req.root/train_list, req.root/test_list, req.pipe, req.check_files,
+                         meta, req.in_memory)
+
 # %% ../nbs/02_data.ipynb #fc2b4495
 def read_inat_json(path):
     "`(paths, category_ids, {id: name})` from an iNat/COCO-style JSON file."
@@ -390,8 +259,11 @@ def read_inat_json(path):
     names = {c['id']: c.get('name', str(c['id'])) for c in doc.get('categories', [])}
     return paths, cats, names
 
-def _inat(root, pipe, check_files=True, in_memory=None):
-    root = Path(root)
+def _read_inat(req: ReadRequest) -> dict:
+    "iNat 2018: the JSON files, else the spec's txt lists; with `train_list`, the lists given."
+    if req.train_list is not None: return _read_lists(req)
+    root, pipe, check_files, in_memory = req.root, req.pipe, req.check_files, req.in_memory
+    train_txt, test_txt = req.spec.lists
     if (root/'train2018.json').is_file():
         train_paths, train_cats, names = read_inat_json(root/'train2018.json')
         test_paths, test_cats, test_names = read_inat_json(root/'val2018.json')
@@ -411,10 +283,10 @@ def _inat(root, pipe, check_files=True, in_memory=None):
         train, test = _image_sets(root, train_paths, train_labels, test_paths, test_labels, pipe, in_memory)
         return dict(train=train, test=test, class_counts=counts, class_names=class_names, num_classes=num_classes,
                     meta=meta)
-    if (root/'iNaturalist18_train.txt').is_file():
-        return _list_dataset('inat2018', root, root/'iNaturalist18_train.txt', root/'iNaturalist18_val.txt',
-                             pipe, check_files, meta=dict(format='txt'), in_memory=in_memory)
-    raise FileNotFoundError(f"inat2018: neither {root/'train2018.json'} nor {root/'iNaturalist18_train.txt'} "
+    if (root/train_txt).is_file():
+        return _list_dataset(req.dataset, root, root/train_txt, root/test_txt, pipe, check_files,
+                             meta=dict(format='txt'), in_memory=in_memory)
+    raise FileNotFoundError(f"{req.dataset}: neither {root/'train2018.json'} nor {root/train_txt} "
                             f"found; {README_HINT}")
 
 # %% ../nbs/02_data.ipynb #6499c056
@@ -514,8 +386,11 @@ def read_cifar_folders(root, dataset='cifar10-lt', counts_for=None, seed=0, draw
     return xtr, train_labels[keep], xte, test_labels, names
 
 # %% ../nbs/02_data.ipynb #a069e42d
-def _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw='random'):
-    layout = 'pickles' if download and not Path(root).is_dir() else cifar_layout(root, dataset)
+def _read_cifar(req: ReadRequest) -> dict:
+    "CIFAR-10/100-LT: the long-tailed subset (`imbalance_ratio`, `seed`, `draw`) of either CIFAR layout in data_root."
+    dataset, root, pipe = req.dataset, req.root, req.pipe
+    imbalance_ratio, seed, draw = req.imbalance_ratio, req.seed, req.draw
+    layout = 'pickles' if req.download and not Path(root).is_dir() else cifar_layout(root, dataset)
     def counts_for(n_max, names):
         want = cifar_lt_counts(n_max, _CIFAR[dataset][-1], imbalance_ratio)
         class_counts_from_labels(np.repeat(np.arange(len(want)), want), len(want), names,
@@ -525,7 +400,7 @@ def _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw='random'):
     if layout == 'folders':
         xtr, ytr, xte, yte, names = read_cifar_folders(root, dataset, counts_for, seed, draw)
     else:
-        xtr, ytr, names = read_cifar(root, dataset, True, download)
+        xtr, ytr, names = read_cifar(root, dataset, True, req.download)
         xte, yte, _ = read_cifar(root, dataset, False)
         if len(names) != _CIFAR[dataset][-1]:
             raise ValueError(f"{root}: the {dataset} pickles name {len(names)} classes, not {_CIFAR[dataset][-1]}")
@@ -541,126 +416,38 @@ def _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw='random'):
                 class_counts=np.bincount(ytr, minlength=num_classes).tolist(), class_names=names,
                 num_classes=num_classes, meta=meta)
 
-# %% ../nbs/02_data.ipynb #09b78567
-_SHAPES = ('disk', 'square', 'ring', 'cross', 'diamond', 'hbar', 'triangle', 'xcross', 'frame', 'vbar')
-_COLOURS = {'red': (0.9, 0.15, 0.1), 'green': (0.15, 0.8, 0.2), 'blue': (0.2, 0.35, 0.95),
-            'yellow': (0.95, 0.85, 0.1), 'magenta': (0.85, 0.2, 0.8), 'cyan': (0.1, 0.85, 0.85),
-            'white': (0.92, 0.92, 0.92),   # the class colours, 0.5 or more apart
-            'orange': (0.95, 0.55, 0.1), 'lime': (0.6, 0.95, 0.3), 'pink': (1.0, 0.5, 0.6), 'grey': (0.5, 0.5, 0.5),
-            'purple': (0.5, 0.2, 0.9)}     # where hard families drift to
-# Looks (shape, colour) in the order the layout hands them out. A hard family's members step from its colour
-# towards a second colour (`towards`), so that each family drifts into a region of colour of its own. In the default
-# layout the four few-shot easy classes (the last four easy looks) have colours no other class comes near: with a
-# handful of images a network tells a rare class apart by its colour far more readily than by its outline.
-_FAMILY_LOOKS = (('square', 'red', 'orange'), ('disk', 'green', 'lime'), ('ring', 'blue', 'grey'),
-                 ('vbar', 'red', 'pink'), ('frame', 'green', 'cyan'), ('diamond', 'blue', 'purple'))
-_EASY_LOOKS = (('cross', 'green'), ('hbar', 'blue'), ('triangle', 'red'), ('vbar', 'green'), ('cross', 'blue'),
-               ('triangle', 'yellow'), ('hbar', 'cyan'), ('diamond', 'magenta'), ('xcross', 'white'),
-               ('frame', 'red'), ('disk', 'yellow'), ('square', 'cyan'))
-
-def _shape_mask(shape, yy, xx, r):
-    "Boolean masks `[N, H, W]`; `yy, xx` centred pixel coordinates `[N, H, W]`, `r` radii `[N, 1, 1]`."
-    ax, ay, d = np.abs(xx), np.abs(yy), np.sqrt(xx**2 + yy**2)
-    return {'disk': d <= r, 'square': np.maximum(ax, ay) <= 0.8 * r, 'ring': (d <= r) & (d >= 0.55 * r),
-            'cross': ((ax <= 0.3 * r) & (ay <= r)) | ((ay <= 0.3 * r) & (ax <= r)), 'diamond': ax + ay <= 1.1 * r,
-            'hbar': (ay <= 0.35 * r) & (ax <= 1.15 * r), 'vbar': (ax <= 0.35 * r) & (ay <= 1.15 * r),
-            'triangle': (yy <= 0.8 * r) & (ax <= (yy + r) * 0.6),
-            'xcross': (np.abs(ax - ay) <= 0.35 * r) & (d <= 1.1 * r),
-            'frame': (np.maximum(ax, ay) <= 0.9 * r) & (np.maximum(ax, ay) >= 0.5 * r)}[shape]
-
-# %% ../nbs/02_data.ipynb #e69224b9
-SYNTHETIC_FAMILIES = ((0, 1), (2, 8, 15), (4, 10, 17), (6, 12, 19))   # quantity ranks of each hard family's members
-SYNTHETIC_SEP = (0.07, 0.10, 0.10, 0.10)                                # colour step between neighbouring members
-
-def synthetic_layout(families=SYNTHETIC_FAMILIES, sep=SYNTHETIC_SEP, num_classes=20, n_max=250, imbalance_ratio=50):
-    "Per class (in quantity-rank order): count, difficulty, family, shape, colour, member index, mean fill `rgb`."
-    fams = [sorted(f) for f in families]
-    seps = [float(sep)] * len(fams) if np.isscalar(sep) else [float(s) for s in sep]
-    counts = [int(round(n_max * imbalance_ratio ** (-r / (num_classes - 1)))) for r in range(num_classes)]
-    hard = [r for f in fams for r in f]
-    if len(set(hard)) != len(hard) or not all(0 <= r < num_classes for r in hard) or min(map(len, fams), default=2) < 2:
-        raise ValueError(f"families must be disjoint groups of at least 2 ranks in 0..{num_classes - 1}: {families}")
-    if len(seps) != len(fams): raise ValueError(f"sep: one value, or one per family ({len(fams)}), not {sep}")
-    easy = [r for r in range(num_classes) if r not in set(hard)]
-    if len(fams) > len(_FAMILY_LOOKS) or len(easy) > len(_EASY_LOOKS):
-        raise ValueError(f"at most {len(_FAMILY_LOOKS)} families and {len(_EASY_LOOKS)} easy classes")
-    classes, rgb = [None] * num_classes, lambda x: [round(float(v), 4) for v in x]
-    for family_no, (ranks, step) in enumerate(zip(fams, seps)):
-        shape, col, towards = _FAMILY_LOOKS[family_no]
-        start, end = np.array(_COLOURS[col]), np.array(_COLOURS[towards])
-        for k, r in enumerate(ranks):
-            classes[r] = dict(name=f'{col}-{shape}-{"abcdefghij"[k]}', count=counts[r], difficulty='hard',
-                              family=f'{col}-{shape}', shape=shape, colour=col, member=k,
-                              rgb=rgb(start + k * step * (end - start) / np.linalg.norm(end - start)))
-    for easy_no, r in enumerate(easy):
-        shape, col = _EASY_LOOKS[easy_no]
-        classes[r] = dict(name=f'{col}-{shape}', count=counts[r], difficulty='easy', family=f'{col}-{shape}',
-                          shape=shape, colour=col, member=0, rgb=rgb(_COLOURS[col]))
-    return classes
-
-# %% ../nbs/02_data.ipynb #89e303db
-def synthetic_images(classes, labels, size=16, colour_jitter=0.06, noise=0.06, rng=None):
-    "uint8 `[N, size, size, 3]` images of the classes `classes[labels]`."
-    rng = rng if rng is not None else np.random.default_rng(0)
-    labels = np.asarray(labels)
-    num_images = len(labels)
-    coords = (np.arange(size) - (size - 1) / 2)[None]
-    cy, cx = rng.uniform(-0.12, 0.12, (2, num_images, 1, 1)) * size
-    yy, xx = coords[..., :, None] - cy, coords[..., None, :] - cx
-    radius = rng.uniform(0.28, 0.4, (num_images, 1, 1)) * size
-    shade = rng.uniform(0.0, 0.4, (num_images, 1, 1, 3))
-    tilt = rng.uniform(-0.15, 0.15, (num_images, 1, 1, 1))
-    bg = shade + tilt * (coords[..., :, None, None] / size)
-    img = np.broadcast_to(bg, (num_images, size, size, 3)).copy()
-    for k, spec in enumerate(classes):
-        idx = np.flatnonzero(labels == k)
-        if not len(idx): continue
-        fill = np.array(spec['rgb']) + rng.normal(0, colour_jitter, (len(idx), 3))
-        mask = _shape_mask(spec['shape'], yy[idx], xx[idx], radius[idx])
-        img[idx] = np.where(mask[..., None], fill[:, None, None, :], img[idx])
-    img += rng.normal(0, noise, img.shape)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-
-def synthetic_lt(seed=0, size=16, test_per_class=100, colour_jitter=0.06, **layout):
-    "The `synthetic-lt` arrays: `(xtr, ytr, xte, yte, classes)`; train drawn with `seed`, test fixed."
-    classes = synthetic_layout(**layout)
-    ytr = np.repeat(np.arange(len(classes)), [c['count'] for c in classes])
-    yte = np.repeat(np.arange(len(classes)), test_per_class)
-    kw = dict(size=size, colour_jitter=colour_jitter)
-    xtr = synthetic_images(classes, ytr, rng=np.random.default_rng([seed, 1]), **kw)
-    xte = synthetic_images(classes, yte, rng=np.random.default_rng([2**31 - 1, 2]), **kw)
-    return xtr, ytr, xte, yte, classes
-
-# %% ../nbs/02_data.ipynb #e7a1d2f9
-def plot_synthetic_examples(per_class: int = 6, seed: int = 0, **kw):
-    "A figure with `per_class` test images per `synthetic-lt` class, easy classes first, then each hard family."
-    import matplotlib.pyplot as plt
-    _, _, xte, yte, classes = synthetic_lt(seed=seed, test_per_class=per_class, **kw)
-    order = sorted(range(len(classes)),
-                   key=lambda k: (classes[k]['difficulty'], classes[k]['family'], classes[k]['member']))
-    fig, axs = plt.subplots(len(order), 1, figsize=(per_class * 0.42 + 1.6, len(order) * 0.42))
-    for ax, k in zip(axs, order):
-        ax.imshow(np.concatenate(list(xte[yte == k]), axis=1))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(f"{classes[k]['name']}\n{classes[k]['difficulty']}, n={classes[k]['count']}", rotation=0,
-                      ha='right', va='center', fontsize=7)
-    fig.subplots_adjust(left=0.32, right=0.99, top=0.995, bottom=0.005, hspace=0.08)
-    return fig
-
 # %% ../nbs/02_data.ipynb #993ccbcf
-def _synthetic(seed, pipe, size=16, **kw):
-    xtr, ytr, xte, yte, classes = synthetic_lt(seed=seed, size=size, **kw)
+def _read_synthetic(req: ReadRequest) -> dict:
+    "`synthetic-lt`, generated with `req.options` (keyword arguments of `synthetic_lt`), training images by `seed`."
+    kw = dict(req.options)
+    size = kw.pop('size', 16)
+    xtr, ytr, xte, yte, classes = synthetic_lt(seed=req.seed, size=size, **kw)
     meta = {k: [c[k] for c in classes] for k in ('count', 'difficulty', 'family', 'shape', 'colour', 'member', 'rgb')}
-    meta.update(size=size, test_per_class=int(len(yte) // len(classes)), seed=seed, generator=dict(kw))
-    return dict(train=ArrayDataset(xtr, ytr, pipe.train_sample), test=ArrayDataset(xte, yte, pipe.test_sample),
+    meta.update(size=size, test_per_class=int(len(yte) // len(classes)), seed=req.seed, generator=kw)
+    return dict(train=ArrayDataset(xtr, ytr, req.pipe.train_sample), test=ArrayDataset(xte, yte, req.pipe.test_sample),
                 class_counts=meta['count'], class_names=[c['name'] for c in classes],
                 num_classes=len(classes), meta=meta)
 
-# %% ../nbs/02_data.ipynb #5c7621d2
-_LISTS = {'imagenet-lt': ('ImageNet_LT_train.txt', 'ImageNet_LT_test.txt'),
-          'places-lt': ('Places_LT_train.txt', 'Places_LT_test.txt')}
+# %% ../nbs/02_data.ipynb #45c0b31a
+@dataclass(frozen=True)
+class DatasetReader:
+    "Reads one format: `read(ReadRequest)` gives an `LTData`'s data fields; `generated`: made in memory, no data_root."
+    read: Callable
+    generated: bool = False    # then load_dataset's extra keyword arguments are its options
 
+READERS = {'synthetic': DatasetReader(_read_synthetic, generated=True), 'cifar': DatasetReader(_read_cifar),
+           'inat': DatasetReader(_read_inat), 'split-lists': DatasetReader(_read_lists)}
+
+def _data_root(dataset, data_root, may_download=False) -> Path:
+    "`data_root` as a folder that exists (or, where the reader downloads, may be created); else one error."
+    if data_root is None:
+        raise ValueError(f"{dataset} needs data_root, the folder holding its files; {README_HINT}")
+    root = Path(data_root).expanduser()
+    if not root.is_dir() and not may_download:
+        raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
+    return root
+
+# %% ../nbs/02_data.ipynb #5c7621d2
 def _fit_arrays(ds: ArrayDataset, pipe: Pipeline) -> ArrayDataset:
     "An in-memory dataset at the pipeline's image size (resized once here, not in every epoch)."
     if pipe.size is None or ds.data.shape[1:3] == (pipe.size, pipe.size): return ds
@@ -669,34 +456,20 @@ def _fit_arrays(ds: ArrayDataset, pipe: Pipeline) -> ArrayDataset:
 
 def load_dataset(dataset='synthetic-lt', data_root=None, *, train_list=None, test_list=None, transform=None,
                  imbalance_ratio=100, seed=0, draw='random', download=False, check_files=True, in_memory=None,
-                 **synthetic_kw) -> LTData:
-    "Load a long-tailed benchmark by name (see `DATASETS`); `in_memory`: None = when it fits, False = stream from disk."
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    if synthetic_kw and dataset != 'synthetic-lt':
-        raise TypeError(f"unexpected arguments for {dataset}: {', '.join(synthetic_kw)}")
+                 **generator_kw) -> LTData:
+    "Load a long-tailed benchmark by name (see `DATASET_SPECS`); `in_memory`: None = when it fits, False = stream from disk."
+    if dataset not in DATASET_SPECS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_SPECS)}")
+    spec = DATASET_SPECS[dataset]
+    reader = READERS[spec.reader]
+    if generator_kw and not reader.generated:
+        raise TypeError(f"unexpected arguments for {dataset}: {', '.join(generator_kw)}")
     check_draw(dataset, draw)
-    tname = transform if transform is not None else DATASET_SPECS[dataset].transform
-    pipe = make_transforms(tname, synthetic_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
-    if dataset == 'synthetic-lt':
-        parts = _synthetic(seed, pipe, **synthetic_kw)
-    else:
-        if data_root is None:
-            raise ValueError(f"{dataset} needs data_root, the folder holding its files; {README_HINT}")
-        root = Path(data_root).expanduser()
-        if not root.is_dir() and not (download and DATASET_SPECS[dataset].cifar):
-            raise FileNotFoundError(f"data_root {root} does not exist; {README_HINT}")
-        if DATASET_SPECS[dataset].cifar:
-            parts = _cifar(dataset, root, imbalance_ratio, seed, download, pipe, draw)
-        elif dataset == 'inat2018' and train_list is None:
-            parts = _inat(root, pipe, check_files, in_memory)
-        else:
-            if dataset == 'split-list' and (train_list is None or test_list is None):
-                raise ValueError("split-list needs train_list and test_list ('relative/path label' files, "
-                                 "paths relative to data_root)")
-            train_file, test_file = _LISTS.get(dataset, ('iNaturalist18_train.txt', 'iNaturalist18_val.txt'))
-            parts = _list_dataset(dataset, root, root/(train_list or train_file), root/(test_list or test_file), pipe,
-                                  check_files, in_memory=in_memory)
+    tname = transform if transform is not None else spec.transform
+    pipe = make_transforms(tname, generator_kw.get('size', 16)) if isinstance(tname, str) else custom_pipeline(*tname)
+    root = None if reader.generated else _data_root(dataset, data_root, download and spec.cifar)
+    parts = reader.read(ReadRequest(dataset, spec, root, pipe, train_list, test_list, imbalance_ratio, seed, draw,
+                                    download, check_files, in_memory, generator_kw))
     if isinstance(parts['train'], ArrayDataset):
         if in_memory is False:
             raise ValueError(f"{dataset} is held in memory by design; in_memory=False does not apply to it")

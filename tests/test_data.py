@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ala_paper.data import (DATASETS, LTData, load_dataset, read_split_list, cifar_lt_counts, long_tail_select,
-                            read_inat_json, make_transforms)
+                            read_inat_json)
+from ala_paper.transforms import make_transforms
 from ala_paper.fixtures import make_split_list_tree, make_inat_tree, make_cifar_pickles, fixture_counts
 from ala_paper.metrics import shot_groups
 

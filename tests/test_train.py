@@ -132,7 +132,7 @@ def test_unexpected_error_on_a_rank_ends_in_one_line(tmp_path, failing):
     site = tmp_path / 'site'
     site.mkdir()
     (site / 'sitecustomize.py').write_text(   # runs in every process torchrun starts
-        "import os\nfrom ala_paper.data import BatchTransform\n"       # the first training step's batch transform fails
+        "import os\nfrom ala_paper.transforms import BatchTransform\n"       # the first training step's batch transform fails
         "def boom(self, *a, **kw):\n"
         f"    if os.environ.get('RANK') in {failing.split(',')!r}: raise RuntimeError('CUDA error: an illegal memory access (simulated)')\n"
         "    return _real(self, *a, **kw)\n"

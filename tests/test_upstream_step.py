@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ala_paper.data import load_dataset, random_crop_flip
+from ala_paper.data import load_dataset
+from ala_paper.transforms import random_crop_flip
 from ala_paper.fixtures import make_cifar_pickles
 from ala_paper.losses import class_balanced_weights, make_loss
 from ala_paper.train import _build_model, _step, resolve_params, setup
