@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .core import CHECKPOINT, RESULTS, USER_MISTAKES, error_line, folder_for
 from .recipe import PRESETS, recipe_keys, resolve_on_cpu, with_absent
-from .launch import (BUSY, Indented, Planned, RunBusy, Slurm, failure_line, papermill_command, read_results,
-                              run_papermill, run_parallel, run_planned, run_serial, run_slurm, slurm_minutes,
-                              train_notebook)
+from .launch import (
+    BUSY, Indented, Planned, RunBusy, Slurm, failure_line, papermill_command, read_results, run_papermill, run_parallel,
+    run_planned, run_serial, run_slurm, slurm_minutes, train_notebook)
 
 # %% auto #0
 __all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'Row', 'TableSpec', 'table_rows', 'default_params',
