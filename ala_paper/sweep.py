@@ -325,6 +325,7 @@ def _summary(args, entries: list) -> str:
                                                       ('submitted', 'in the SLURM queue')) if count[s])
     return f"sweep {args.table} on {where}: {count['ok']} ran, {count['skipped']} skipped, {count['failed']} failed{more}"
 
+# %% ../nbs/05_sweep.ipynb #65161937
 def main(argv=None) -> int:
     "CLI: run the rows of a table through papermill."
     args = cli_parser().parse_args(argv)
