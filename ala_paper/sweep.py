@@ -4,23 +4,21 @@
 
 # %% ../nbs/05_sweep.ipynb #b63147ea
 from __future__ import annotations
-import argparse, ast, fcntl, getpass, hashlib, json, os, re, shlex, shutil, signal, socket, subprocess, sys, threading, time
+import argparse, ast, hashlib, json, re, signal, sys, threading
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, folder_for, project_root
+from .core import CHECKPOINT, RESULTS, USER_MISTAKES, error_line, folder_for
 from .recipe import PRESETS, recipe_keys, resolve_on_cpu, with_absent
+from .launch import (
+    BUSY, Indented, Planned, RunBusy, Slurm, failure_line, papermill_command, read_results, run_papermill, run_parallel,
+    run_planned, run_serial, run_slurm, slurm_minutes, train_notebook)
 
 # %% auto #0
-__all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'LOCK', 'BUSY', 'ACTIVE', 'SLURM_RECORD', 'Row',
-           'TableSpec', 'table_rows', 'default_params', 'recipe_of', 'same_recipe', 'recipe_tag', 'run_dir',
-           'read_results', 'run_state', 'scan_runs', 'finished_runs', 'Planned', 'table_archs', 'training_rows', 'plan',
-           'train_notebook', 'papermill_command', 'Indented', 'run_papermill', 'RunBusy', 'run_lock', 'train_locked',
-           'write_record', 'run_planned', 'sweep', 'job_slots', 'slots_summary', 'log_tail', 'worker_command',
-           'run_parallel', 'slurm_minutes', 'Slurm', 'SlurmRun', 'slurm_queue', 'run_slurm', 'cli_parser',
-           'run_one_main', 'main']
+__all__ = ['PRESET', 'NO_DRW', 'TABLES', 'NOTEBOOK_ONLY', 'RESERVED', 'Row', 'TableSpec', 'table_rows', 'default_params',
+           'recipe_of', 'same_recipe', 'recipe_tag', 'run_dir', 'run_state', 'scan_runs', 'finished_runs',
+           'table_archs', 'training_rows', 'plan', 'sweep', 'cli_parser', 'run_one_main', 'main']
 
 # %% ../nbs/05_sweep.ipynb #36e4a347
 PRESET = 'preset'   # a row parameter's value meaning "the dataset preset's value" (CE + DRW's drw_epoch)
@@ -67,21 +65,23 @@ TABLES = {
     'table4': TableSpec('table4', 'imagenet-lt', {'X-50': 'resnext50_32x4d'}, (
         _row('ce', 'Cross Entropy (CE)', 'ce', **NO_DRW), _row('ldam', 'LDAM', 'ldam'), _row('df', 'DF', 'df'),
         _row('qf', 'QF', 'qf'), _row('df-ldam', 'DF · A^LDAM', 'df-ldam'), _row('ala', 'DF · QF (ALA Loss)', 'ala'))),
-    'bench': TableSpec('bench', None, {}, (
-        _row('ce', 'Cross Entropy', 'ce', paper=('table4', 'Cross Entropy (CE)'), **NO_DRW),
-        _row('focal', 'Focal Loss', 'focal', paper=('table1', 'Focal Loss'), **NO_DRW),
-        _row('cb-focal', 'CB-Focal', 'cb-focal', paper=('table2', 'CB-Focal'), **NO_DRW),
-        _row('ce-drw', 'CE + DRW', 'ce', drw_epoch=PRESET),
-        _row('logit-adjust', 'Logit Adjust (loss)', 'logit-adjust', paper=('table1', 'Logit Adjust (loss)'), **NO_DRW),
-        _row('balanced-softmax', 'Balanced Softmax', 'balanced-softmax', paper=('table1', 'Balanced softmax'),
-             **NO_DRW),
-        _row('pc-softmax', 'PC Softmax', 'ce', posthoc='ce', paper=('table1', 'PC softmax'), **NO_DRW),
-        _row('ldam', 'LDAM', 'ldam', **NO_DRW),
-        _row('ldam-drw', 'LDAM + DRW', 'ldam', paper=('table4', 'LDAM')),
-        _row('df', 'DF', 'df', paper=('table4', 'DF')), _row('qf', 'QF', 'qf', paper=('table4', 'QF')),
-        _row('df-ldam', 'DF · A^LDAM', 'df-ldam', paper=('table4', 'DF · A^LDAM')),
-        _row('ala', 'DF · QF (ALA Loss)', 'ala', paper=('table4', 'DF · QF (ALA Loss)')))),
 }
+
+# %% ../nbs/05_sweep.ipynb #f0cd05da
+TABLES['bench'] = TableSpec('bench', None, {}, (
+    _row('ce', 'Cross Entropy', 'ce', paper=('table4', 'Cross Entropy (CE)'), **NO_DRW),
+    _row('focal', 'Focal Loss', 'focal', paper=('table1', 'Focal Loss'), **NO_DRW),
+    _row('cb-focal', 'CB-Focal', 'cb-focal', paper=('table2', 'CB-Focal'), **NO_DRW),
+    _row('ce-drw', 'CE + DRW', 'ce', drw_epoch=PRESET),
+    _row('logit-adjust', 'Logit Adjust (loss)', 'logit-adjust', paper=('table1', 'Logit Adjust (loss)'), **NO_DRW),
+    _row('balanced-softmax', 'Balanced Softmax', 'balanced-softmax', paper=('table1', 'Balanced softmax'),
+         **NO_DRW),
+    _row('pc-softmax', 'PC Softmax', 'ce', posthoc='ce', paper=('table1', 'PC softmax'), **NO_DRW),
+    _row('ldam', 'LDAM', 'ldam', **NO_DRW),
+    _row('ldam-drw', 'LDAM + DRW', 'ldam', paper=('table4', 'LDAM')),
+    _row('df', 'DF', 'df', paper=('table4', 'DF')), _row('qf', 'QF', 'qf', paper=('table4', 'QF')),
+    _row('df-ldam', 'DF · A^LDAM', 'df-ldam', paper=('table4', 'DF · A^LDAM')),
+    _row('ala', 'DF · QF (ALA Loss)', 'ala', paper=('table4', 'DF · QF (ALA Loss)'))))
 
 # %% ../nbs/05_sweep.ipynb #5bb81acd
 def table_rows(table: str, rows=None) -> list:
@@ -137,20 +137,6 @@ def run_dir(runs_dir, table: str, row: str, arch: str, seed: int, tag: str = '')
     return Path(runs_dir, table, row, arch, *([tag] if tag else []), f'seed{seed}')
 
 # %% ../nbs/05_sweep.ipynb #f5221579
-def read_results(results_file) -> tuple:
-    "(the results of a finished run, '') or (None, what is wrong with the file): empty, cut short, foreign."
-    try: data = Path(results_file).read_bytes()
-    except OSError as ex: return None, f'cannot be read ({ex.strerror or ex})'
-    if not data.strip(): return None, 'is empty (a job that died while writing it?)'
-    try: data = json.loads(data)
-    except ValueError: return None, 'is not JSON (cut short or damaged)'
-    if not (isinstance(data, dict) and isinstance(data.get('params'), dict) and isinstance(data.get('top1'), dict)):
-        return None, 'is not the results of a run of this project (no "params" and "top1")'
-    return data, ''
-
-def _read_params(results_file: Path):
-    return (read_results(results_file)[0] or {}).get('params')
-
 def run_state(out_dir, recipe: dict) -> tuple:
     "('done' | 'conflict' | 'damaged' | 'resume' | 'new', what differs for a conflict / what is damaged)."
     out_dir = Path(out_dir)
@@ -168,6 +154,7 @@ def run_state(out_dir, recipe: dict) -> tuple:
         return 'resume', ''
     return 'new', ''
 
+# %% ../nbs/05_sweep.ipynb #7376652c
 def scan_runs(runs_dir) -> tuple:
     "(folder, params) of every readable results.json under `runs_dir`, and (file, what is wrong) of the damaged ones."
     files = sorted(Path(runs_dir).rglob(RESULTS)) if Path(runs_dir).is_dir() else []
@@ -179,21 +166,6 @@ def finished_runs(runs_dir) -> list:
     return scan_runs(runs_dir)[0]
 
 # %% ../nbs/05_sweep.ipynb #a27820ee
-@dataclass
-class Planned:
-    "One run of a sweep: where it goes, what papermill receives, and what the sweep will do with it."
-    table: str
-    row: str
-    arch: str
-    seed: int
-    out_dir: Path
-    params: dict                 # what papermill passes to nbs/train.ipynb
-    recipe: dict                 # the resolved recipe, to recognise the run
-    state: str                   # 'done' | 'resume' | 'new' | 'shared' | 'conflict'
-    note: str = ''               # for 'shared': the folder of the same run; for 'conflict': what differs
-    status: str = 'planned'      # after running: 'ok' | 'failed' | 'skipped'
-    seconds: float = 0.0
-
 RESERVED = ('loss', 'seed', 'out_dir', 'resume', 'dataset')
 
 def _check_request(spec: TableSpec, dataset: str, extra: dict, seeds):
@@ -216,6 +188,7 @@ def table_archs(spec: TableSpec, dataset: str, backbones=None, arch=None) -> lis
     if bad: raise ValueError(f"{spec.name} has no backbone {bad[0]!r}: its backbones are {', '.join(spec.backbones)}")
     return [a for b, a in spec.backbones.items() if not backbones or b in backbones]
 
+# %% ../nbs/05_sweep.ipynb #b29b8f7e
 def training_rows(table: str, rows=None) -> list:
     "The rows that train: post-hoc rows replaced by the row whose runs they re-read."
     wanted = table_rows(table, rows)
@@ -247,120 +220,23 @@ def plan(table: str, dataset=None, seeds=(0,), runs_dir='runs', rows=None, param
     return [_entry(table, row, arch, seed, dataset, extra, Path(runs_dir), finished)
             for row in trained for arch in archs for seed in seeds]
 
-# %% ../nbs/05_sweep.ipynb #c48ce8db
-def train_notebook() -> Path:
-    "The project's `nbs/train.ipynb`."
-    return project_root()/'nbs'/'train.ipynb'
-
-def _papermill_params(entry: Planned) -> dict:
-    return {**entry.params, 'out_dir': str(entry.out_dir), **({'resume': True} if entry.state == 'resume' else {})}
-
-def papermill_command(entry: Planned, notebook=None) -> str:
-    "The shell command that runs one planned entry by hand."
-    args = []
-    for name, value in _papermill_params(entry).items():
-        word = not isinstance(value, str) or re.fullmatch(r'[\w./:=-]+', value)
-        plain = isinstance(value, (bool, int, float, str)) and word
-        args.append(f'-p {name} {value}' if plain else f'-y {shlex.quote(json.dumps({name: value}))}')
-    return f"papermill {notebook or train_notebook()} {entry.out_dir/'train.ipynb'} {' '.join(args)}"
-
-class Indented:
-    "A text stream that writes into `out` with every line indented: a run's own lines under the sweep's."
-    def __init__(self, out, indent: str = '    '): self.out, self.indent, self.at_start = out, indent, True
-    def write(self, text: str):
-        for part in text.splitlines(keepends=True):
-            self.out.write((self.indent if self.at_start else '') + part)
-            self.at_start = part.endswith('\n')
-    def flush(self): self.out.flush()
-
-def run_papermill(entry: Planned, notebook=None, echo=None):
-    "Execute the training notebook for one entry (resuming when a checkpoint exists); `echo`: where its prints go."
-    import papermill as pm
-    entry.out_dir.mkdir(parents=True, exist_ok=True)
-    params = {**_papermill_params(entry), 'out_dir': str(entry.out_dir.resolve()), 'resume': entry.state == 'resume'}
-    write_record(entry)
-    pm.execute_notebook(str(notebook or train_notebook()), str(entry.out_dir/'train.ipynb'), parameters=params,
-                        kernel_name='python3', progress_bar=False, stdout_file=echo)
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7d3
-LOCK = 'run.lock'
-
-class RunBusy(RuntimeError):
-    "Another process holds the lock of this run folder: it is training the run."
-
-@contextmanager
-def run_lock(out_dir):
-    "Hold the lock of run folder `out_dir` (RunBusy naming the holder when a live process holds it)."
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir/LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode(errors='replace').strip() or 'another process'
-            raise RunBusy(f"being trained by {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
-        yield
-    finally: os.close(fd)
-
-def train_locked(entry: Planned, runner) -> bool:
-    "`runner(entry)` under the run's lock, unless the run finished meanwhile; whether it trained."
-    with run_lock(entry.out_dir):
-        if (entry.out_dir/RESULTS).exists(): return False
-        entry.state = 'resume' if (entry.out_dir/CHECKPOINT).is_file() else 'new'
-        runner(entry)
-        return True
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7d6
-def write_record(entry: Planned):
-    "Write `sweep.json` into the run folder: what the sweep passes to papermill, and where the run belongs."
-    entry.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json({'params': entry.params, 'table': entry.table, 'row': entry.row, 'arch': entry.arch},
-                      entry.out_dir/'sweep.json')
-
-def _read_record(out_dir) -> dict:
-    try: record = json.loads((Path(out_dir)/'sweep.json').read_bytes())
-    except (OSError, ValueError): record = None
-    if not (isinstance(record, dict) and {'table', 'row', 'arch'} <= set(record)
-            and isinstance(record.get('params'), dict) and 'seed' in record['params']):
-        raise ValueError(f"{Path(out_dir)/'sweep.json'} is missing or damaged: run the sweep again to plan this run")
-    return record
-
-def run_planned(out_dir, notebook=None, echo=None) -> bool:
-    "Train the run planned in `out_dir/sweep.json` under its lock (resuming from its checkpoint); whether it trained."
-    record = _read_record(out_dir)
-    entry = Planned(record['table'], record['row'], record['arch'], record['params']['seed'], Path(out_dir),
-                    record['params'], {}, 'new')
-    return train_locked(entry, lambda e: run_papermill(e, notebook, echo))
-
 # %% ../nbs/05_sweep.ipynb #00995d0a
-def _last_line(ex: Exception) -> str:
-    text = str(ex).strip()
-    return text.splitlines()[-1] if text else ''
-
-def _report(entry: Planned, name: str, log, failure: str = ''):
-    "Log how a run ended: its top-1 when its results.json reads back, else why not."
-    results, why = read_results(entry.out_dir/RESULTS) if (entry.out_dir/RESULTS).exists() else (None, '')
-    entry.status = 'ok' if results else 'failed'
-    if results: log(f"{name}: done in {entry.seconds:.0f} s, top-1 all {results['top1'].get('all')}")
-    else: log(f"{name}: FAILED after {entry.seconds:.0f} s: {failure or (f'its {RESULTS} {why}' if why else f'no {RESULTS}')}")
-
-def _run_one(entry: Planned, name: str, runner, log):
-    log(f"{name}: {'resuming' if entry.state == 'resume' else 'running'} ...")
-    start, failure = time.time(), ''
-    try: train_locked(entry, runner)
-    except RunBusy as ex:
-        entry.status = 'busy'
-        return log(f"{name}: {ex}: skipped")
-    except Exception as ex: failure = f'{type(ex).__name__}: {_last_line(ex)}'  # report, go on with the next run
-    entry.seconds = time.time() - start
-    _report(entry, name, log, failure)
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7d1
 _WHY = {'done': 'finished', 'shared': 'same run as {}', 'conflict': 'holds a run of another recipe ({}): move it away',
         'damaged': '{}'}
 
+def _to_train(entries: list, runs_dir, notebook, dry_run: bool, log) -> list:
+    "The (name, entry) pairs left to train; each other entry said in one line (a dry run: the command that would run)."
+    todo = []
+    for i, entry in enumerate(entries, 1):
+        name = f"[{i}/{len(entries)}] {entry.out_dir.relative_to(runs_dir).as_posix()}"
+        if entry.state in _WHY:
+            entry.status = 'skipped' if entry.state in ('done', 'shared') else 'failed'
+            log(f"{name}: {_WHY[entry.state].format(entry.note)}{', skipped' if entry.status == 'skipped' else ''}")
+        elif dry_run: log(f"{name}: would run: {papermill_command(entry, notebook)}")
+        else: todo.append((name, entry))
+    return todo
+
+# %% ../nbs/05_sweep.ipynb #c1a0b7d1
 def sweep(table: str, dataset=None, seeds=(0,), runs_dir='runs', rows=None, params=None, backbones=None,
           notebook=None, runner=None, dry_run=False, log=print, echo=None, jobs: int = 1, slurm=None) -> list:
     "Run every (row, backbone, seed) of `table` not finished yet: here one by one, `jobs` at once, or on `slurm`."
@@ -373,248 +249,11 @@ def sweep(table: str, dataset=None, seeds=(0,), runs_dir='runs', rows=None, para
         if row.posthoc: log(f"{table}/{row.key}: post-hoc, read from the {row.posthoc} runs (nothing to train)")
     for file, why in scan_runs(runs_dir)[1]:
         if file.parent not in {e.out_dir for e in entries}: log(f"{file} {why}: ignored (move it away or delete it)")
-    todo = []
-    for i, entry in enumerate(entries, 1):
-        name = f"[{i}/{len(entries)}] {entry.out_dir.relative_to(runs_dir).as_posix()}"
-        if entry.state in _WHY:
-            entry.status = 'skipped' if entry.state in ('done', 'shared') else 'failed'
-            log(f"{name}: {_WHY[entry.state].format(entry.note)}{', skipped' if entry.status == 'skipped' else ''}")
-        elif dry_run: log(f"{name}: would run: {papermill_command(entry, notebook)}")
-        else: todo.append((name, entry))
+    todo = _to_train(entries, runs_dir, notebook, dry_run, log)
     if slurm and todo: run_slurm(todo, slurm, notebook, Path(runs_dir), log)
     elif jobs > 1 and todo: run_parallel(todo, jobs, notebook, log)
-    else:
-        runner = runner or (lambda entry: run_papermill(entry, notebook, echo))
-        for name, entry in todo: _run_one(entry, name, runner, log)
+    else: run_serial(todo, runner or (lambda entry: run_papermill(entry, notebook, echo)), log)
     return entries
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7d8
-def _gpu_ids() -> list:
-    "The GPUs a run may use: CUDA_VISIBLE_DEVICES when set, else those `nvidia-smi -L` lists (none without a driver)."
-    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
-    if visible is not None: return [g.strip() for g in visible.split(',') if g.strip() and g.strip() != '-1']
-    try: listed = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError): return []
-    return [str(i) for i, line in enumerate(l for l in listed.splitlines() if l.startswith('GPU '))]
-
-def job_slots(jobs: int, cpus=None, gpus=None) -> list:
-    "The environment of each of `jobs` runs at once: CPUs / jobs threads each, and a GPU each in turn if any."
-    cpus = cpus or len(os.sched_getaffinity(0))
-    gpus = _gpu_ids() if gpus is None else gpus
-    threads = str(max(1, cpus // jobs))
-    return [{'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads,
-             **({'CUDA_VISIBLE_DEVICES': gpus[i % len(gpus)]} if gpus else {})} for i in range(jobs)]
-
-def slots_summary(slots: list) -> str:
-    "One line: how many runs at once, on what."
-    threads = f"{slots[0]['OMP_NUM_THREADS']} CPU thread{'s' * (slots[0]['OMP_NUM_THREADS'] != '1')} each"
-    per_gpu = Counter(s.get('CUDA_VISIBLE_DEVICES') for s in slots)
-    if None in per_gpu: return f"{len(slots)} runs at once on the CPU, {threads}"
-    where = ', '.join(f'{n} on GPU {g}' for g, n in per_gpu.items())
-    return f"{len(slots)} runs at once: {where}; {threads}"
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7da
-def log_tail(path, lines: int = 6) -> str:
-    "The last `lines` lines of a log file ('' when it is missing), whatever bytes it holds."
-    try:
-        with open(path, 'rb') as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-            text = f.read().decode(errors='replace')
-    except OSError: return ''
-    return '\n'.join(l for l in text.splitlines()[-lines:])
-
-def _failure(why: str, log_file) -> str:
-    tail = log_tail(log_file)
-    return why + (f"; the last lines of {log_file}:\n" + '\n'.join(f'      | {l}' for l in tail.splitlines()) if tail else '')
-
-def worker_command(out_dir, notebook=None) -> list:
-    "The command that trains the run planned in `out_dir` in a process of its own."
-    return [sys.executable, '-m', 'ala_paper.sweep', '--run-one', str(out_dir), *(['--notebook', str(notebook)] * bool(notebook))]
-
-def _worker_env(slot: dict) -> dict:
-    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get('PYTHONPATH')) if p)
-    return {**os.environ, **slot, 'PYTHONPATH': path}
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7db
-BUSY = 75   # exit status of `--run-one` when another process holds the run's lock (EX_TEMPFAIL)
-
-def _start(name, entry, slot, notebook, log):
-    write_record(entry)
-    with open(entry.out_dir/'train.log', 'ab') as out:
-        proc = subprocess.Popen(worker_command(entry.out_dir, notebook), stdout=out, stderr=subprocess.STDOUT,
-                                env=_worker_env(slot), start_new_session=True)
-    where = f"GPU {slot['CUDA_VISIBLE_DEVICES']}" if 'CUDA_VISIBLE_DEVICES' in slot else 'the CPU'
-    log(f"{name}: {'resuming' if entry.state == 'resume' else 'running'} on {where} (its lines: {entry.out_dir/'train.log'})")
-    return proc, time.time()
-
-def _stop(procs):
-    "SIGTERM to each run still going (the engine saves a checkpoint), then wait for them."
-    for proc in procs:
-        try: os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError: pass          # ended meanwhile
-    for proc in procs: proc.wait()
-
-def run_parallel(todo: list, jobs: int, notebook=None, log=print):
-    "Train the (name, entry) pairs of `todo`, `jobs` at once, each in a process of its own."
-    slots, queue, running = job_slots(jobs), list(todo), {}
-    log(slots_summary(slots))
-    try:
-        while queue or running:
-            for slot in [s for s in range(len(slots)) if s not in running][:len(queue)]:
-                name, entry = queue.pop(0)
-                running[slot] = (name, entry, *_start(name, entry, slots[slot], notebook, log))
-            time.sleep(0.2)
-            for slot, (name, entry, proc, start) in list(running.items()):
-                if proc.poll() is None: continue
-                del running[slot]
-                entry.seconds = time.time() - start
-                if proc.returncode == BUSY:
-                    entry.status = 'busy'
-                    log(f"{name}: {log_tail(entry.out_dir/'train.log', 1).removeprefix('busy: ')}: skipped")
-                else: _report(entry, name, log, _failure(f'exit status {proc.returncode}', entry.out_dir/'train.log'))
-                log(f"  {sum(e.status != 'planned' for _, e in todo)}/{len(todo)} ended, {len(running)} running")
-    finally: _stop([proc for _, _, proc, _ in running.values()])
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7e2
-def slurm_minutes(text: str) -> int:
-    "A SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes, rounded up."
-    m = re.fullmatch(r'(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?', str(text).strip())
-    if not m:
-        raise ValueError(f"--time {text!r} is not a SLURM time limit: write e.g. 24:00:00, 90 (minutes) or 2-00:00:00")
-    days, *parts = int(m[1] or 0), *(int(p) for p in m.groups()[1:] if p is not None)
-    if m[1] is not None: h, mins, s = (parts + [0, 0])[:3]
-    else: h, mins, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
-    total = days * 1440 + h * 60 + mins + (s > 0)
-    if total < 1: raise ValueError(f"--time {text!r} is shorter than a minute: give the time a run needs")
-    return total
-
-@dataclass
-class Slurm:
-    "Where and how each run of a sweep goes on SLURM (`cpus_per_gpu`: per run when `gpus_per_run` is 0)."
-    partition: str | None = None
-    gpus_per_run: int = 1
-    cpus_per_gpu: int = 8
-    time: str = '24:00:00'
-    account: str | None = None
-    wait: bool = True
-    poll_s: float = 10.0
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7e4
-class SlurmRun:
-    "What each SLURM job runs: `run_planned` on its run folder, its lines appended to `train.log` there."
-    def __call__(self, out_dir: str, notebook=None) -> bool:
-        record = _read_record(out_dir)
-        cpus = int(os.environ.get('SLURM_CPUS_PER_TASK', 1)) // max(1, int(record['params'].get('nproc', 1)))
-        os.environ['OMP_NUM_THREADS'] = str(max(1, cpus))
-        with open(Path(out_dir)/'train.log', 'a') as echo:
-            echo.write(f"--- SLURM job {os.environ.get('SLURM_JOB_ID')} on {socket.gethostname()}, "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            echo.flush()
-            try: return run_planned(out_dir, notebook, echo)
-            except Exception as ex:   # said in the run's own log too, where the sweep looks when the job failed
-                echo.write(f"error: {type(ex).__name__}: {_last_line(ex)}\n")
-                raise
-
-    def checkpoint(self, *args, **kwargs):
-        "Preempted or timed out: submitit requeues the same call, which resumes from the run's last checkpoint."
-        from submitit.helpers import DelayedSubmission
-        return DelayedSubmission(self, *args, **kwargs)
-
-ACTIVE = ('PENDING', 'CONFIGURING', 'RUNNING', 'COMPLETING', 'REQUEUED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'RESIZING',
-          'SUSPENDED', 'SIGNALING', 'STAGE_OUT', 'STOPPED')
-
-def slurm_queue() -> dict:
-    "{job id: state} of this user's jobs in the SLURM queue, array tasks one by one ('123_4')."
-    r = subprocess.run(['squeue', '-h', '-r', '-u', getpass.getuser(), '-o', '%i %T'], capture_output=True, text=True,
-                       timeout=120)
-    if r.returncode: raise RuntimeError(f"squeue failed: {r.stderr.strip() or r.stdout.strip()}")
-    return dict(line.split(None, 1) for line in r.stdout.splitlines() if len(line.split()) == 2)
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7e5
-SLURM_RECORD = 'slurm.json'
-
-def _executor(slurm: Slurm, folder: Path, count: int):
-    if not shutil.which('sbatch'):
-        raise FileNotFoundError("--launcher slurm: sbatch is not found here: run the sweep on a SLURM login node "
-                                "(or start a one-node SLURM on this machine with tests/slurm_up.sh)")
-    try: import submitit
-    except ImportError: raise ValueError("--launcher slurm needs submitit: pip install submitit") from None
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=10)
-    gpus = slurm.gpus_per_run
-    executor.update_parameters(job_name='ala-sweep', time=slurm_minutes(slurm.time), nodes=1, ntasks_per_node=1,
-                               cpus_per_task=slurm.cpus_per_gpu * max(1, gpus), array_parallelism=count,
-                               signal_delay_s=120, **({'gpus_per_node': gpus} if gpus else {}),
-                               **{k: v for k, v in (('partition', slurm.partition), ('account', slurm.account)) if v})
-    return executor
-
-def _submit(todo: list, slurm: Slurm, notebook, runs_dir: Path, log) -> list:
-    "Submit the (name, entry) pairs of `todo` as one job array; (name, entry, job id, log file) of each."
-    executor = _executor(slurm, folder_for(runs_dir, 'runs_dir')/'.slurm', len(todo))
-    for _, entry in todo:
-        if slurm.gpus_per_run > 1: entry.params = {**entry.params, 'nproc': slurm.gpus_per_run}
-        write_record(entry)
-    with executor.batch():
-        jobs = [executor.submit(SlurmRun(), str(entry.out_dir.resolve()), notebook and str(Path(notebook).resolve()))
-                for _, entry in todo]
-    submitted = []
-    for (name, entry), job in zip(todo, jobs):
-        atomic_write_json({'job_id': job.job_id, 'stderr': str(job.paths.stderr), 'submitted': time.time()},
-                          entry.out_dir/SLURM_RECORD)
-        log(f"{name}: submitted as SLURM job {job.job_id}")
-        submitted.append((name, entry, job.job_id, str(job.paths.stderr)))
-    return submitted
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7e6
-def _job_record(entry: Planned, name: str, log) -> dict:
-    "The run's slurm.json: {} when there is none, or when it is damaged (said in one line)."
-    path = entry.out_dir/SLURM_RECORD
-    if not path.exists(): return {}
-    record, why = _read_json(path)
-    if why or not isinstance(record, dict) or not isinstance(record.get('job_id'), str):
-        log(f"{name}: {path} {why or 'is not a job record'}: submitting the run as if it had no job "
-            f"(if its job still runs, the run's lock keeps them from training it at once)")
-        return {}
-    return record
-
-def _job_log(entry: Planned, stderr) -> Path:
-    "The log that says why a job failed: the run's train.log, else submitit's log of the job."
-    own = entry.out_dir/'train.log'
-    return own if log_tail(own).strip() else Path(stderr or own)
-
-def run_slurm(todo: list, slurm: Slurm, notebook=None, runs_dir=Path('runs'), log=print):
-    "Submit what `todo` still misses to SLURM (not the runs whose job is queued or running); wait and report."
-    queue, waiting, missing = slurm_queue(), [], []
-    for name, entry in todo:
-        record = _job_record(entry, name, log)
-        job = record.get('job_id')
-        if job and queue.get(job) in ACTIVE:
-            log(f"{name}: SLURM job {job} is {queue[job].lower()}, not submitted again")
-            waiting.append((name, entry, job, record.get('stderr'), record.get('submitted') or time.time()))
-            continue
-        if job: log(f"{name}: " + _failure(f"its SLURM job {job} ended without {RESULTS}, submitting it again",
-                                          _job_log(entry, record.get('stderr'))))
-        missing.append((name, entry))
-    if missing: waiting += [(*s, time.time()) for s in _submit(missing, slurm, notebook, runs_dir, log)]
-    if not slurm.wait:
-        for _, entry, *_ in waiting: entry.status = 'submitted'
-        return log(f"--no-wait: {len(waiting)} run(s) in the queue; run the same command again to see them")
-    while waiting:
-        time.sleep(slurm.poll_s)
-        queue = slurm_queue()
-        ended = [w for w in waiting if queue.get(w[2]) not in ACTIVE]
-        for item in ended:
-            waiting.remove(item)
-            name, entry, job, stderr, start = item
-            entry.seconds = time.time() - start
-            _report(entry, name, log, _failure(f"SLURM job {job} ended without {RESULTS}", _job_log(entry, stderr)))
-        if waiting and ended: log(f"  {len(todo) - len(waiting)}/{len(todo)} ended, {len(waiting)} in the SLURM queue")
-
-# %% ../nbs/05_sweep.ipynb #c1a0b7e7
-def _read_json(path) -> tuple:
-    "(the JSON in `path`, '') or (None, what is wrong)."
-    try: return json.loads(Path(path).read_bytes()), ''
-    except OSError as ex: return None, f'cannot be read ({ex.strerror or ex})'
-    except ValueError: return None, 'is damaged (not JSON)'
 
 # %% ../nbs/05_sweep.ipynb #ab7aff97
 def _parse_param(text: str) -> tuple:
@@ -624,6 +263,7 @@ def _parse_param(text: str) -> tuple:
     except (ValueError, SyntaxError): pass
     return name.strip(), value
 
+# %% ../nbs/05_sweep.ipynb #23e02508
 def cli_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='python -m ala_paper.sweep', description='Run the rows of a table.')
     ap.add_argument('--table', help=f"one of {', '.join(TABLES)}")
@@ -672,10 +312,20 @@ def run_one_main(out_dir, notebook) -> int:
         print(f"busy: {ex}", flush=True)
         return BUSY
     except Exception as ex:
-        print(f"error: {type(ex).__name__}: {_last_line(ex)}", flush=True)
+        print(f"error: {failure_line(ex)}", flush=True)
         return 1
     return 0 if read_results(Path(out_dir)/RESULTS)[0] else 1
 
+# %% ../nbs/05_sweep.ipynb #0f95b71c
+def _summary(args, entries: list) -> str:
+    "The sweep's last line: how many runs ran, were skipped, failed, are trained elsewhere or wait in the queue."
+    count = Counter(e.status for e in entries)
+    where = entries[0].params['dataset'] if entries else args.dataset
+    more = ''.join(f", {count[s]} {w}" for s, w in (('busy', 'being trained by another sweep'),
+                                                      ('submitted', 'in the SLURM queue')) if count[s])
+    return f"sweep {args.table} on {where}: {count['ok']} ran, {count['skipped']} skipped, {count['failed']} failed{more}"
+
+# %% ../nbs/05_sweep.ipynb #65161937
 def main(argv=None) -> int:
     "CLI: run the rows of a table through papermill."
     args = cli_parser().parse_args(argv)
@@ -693,18 +343,13 @@ def main(argv=None) -> int:
                         notebook=notebook, dry_run=args.dry_run, log=lambda m: print(m, flush=True),
                         echo=None if args.quiet else Indented(sys.stdout), jobs=args.jobs, slurm=_slurm_options(args))
     except USER_MISTAKES as ex:
-        print(f"error: {_last_line(ex)}", file=sys.stderr)
+        print(f"error: {error_line(ex)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the runs under way were stopped; the same command resumes them", file=sys.stderr)
         return 130
-    count = Counter(e.status for e in entries)
-    where = entries[0].params['dataset'] if entries else args.dataset
-    more = ''.join(f", {count[s]} {w}" for s, w in (('busy', 'being trained by another sweep'),
-                                                      ('submitted', 'in the SLURM queue')) if count[s])
-    print(f"sweep {args.table} on {where}: {count['ok']} ran, {count['skipped']} skipped, {count['failed']} failed"
-          f"{more}", flush=True)
-    return 1 if count['failed'] else 0
+    print(_summary(args, entries), flush=True)
+    return 1 if any(e.status == 'failed' for e in entries) else 0
 
 # %% ../nbs/05_sweep.ipynb #06f382b1
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'ipykernel' not in sys.modules:

@@ -1,6 +1,6 @@
 """Two torchrun "nodes" on this machine (gloo, c10d rendezvous on 127.0.0.1, one process each) train the same run as
 one node with two processes: every number of results.json and the saved test logits are equal, bit for bit. The
-commands for real nodes (2 nodes x N GPUs, and `srun torchrun` inside a SLURM allocation) are in nbs/05_sweep.ipynb."""
+commands for real nodes (2 nodes x N GPUs, and `srun torchrun` inside a SLURM allocation) are in nbs/05b_launch.ipynb."""
 import os, socket, subprocess, sys
 from pathlib import Path
 import pytest

@@ -114,9 +114,10 @@ def test_dry_run_of_table1_plans_both_backbones_in_distinct_folders(tmp_path, fa
     assert not (tmp_path/'runs').exists()
 
 def test_importing_the_sweep_needs_no_torch():
-    code = "import sys; sys.modules['torch'] = None; import ala_paper.sweep as s; print(s.project_root())"
+    code = ("import sys; sys.modules['torch'] = None; import ala_paper.sweep, ala_paper.launch; "
+            "from ala_paper.core import project_root; print(project_root(), 'ala_paper.train' in sys.modules)")
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == str(ROOT), r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == f'{ROOT} False', r.stderr
 
 @pytest.mark.parametrize('args,msg', [
     (['--table', 'table9'], "unknown table 'table9'"),

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ala_paper.core import CHECKPOINT, RESULTS
-from ala_paper.sweep import LOCK, plan
+from ala_paper.launch import LOCK
+from ala_paper.sweep import plan
 from fake_training import write_fake_train_notebook
 from test_sweep import sweep_cli, finished
 
@@ -56,7 +57,7 @@ def test_jobs_2_runs_two_at_once_each_bit_identical_to_the_run_alone(tmp_path):
 
 def hold_lock(folder):
     "A process that holds the lock of `folder` until killed."
-    code = f'from ala_paper.sweep import run_lock\nimport time\nwith run_lock({str(folder)!r}): print("held", flush=True); time.sleep(900)'
+    code = f'from ala_paper.launch import run_lock\nimport time\nwith run_lock({str(folder)!r}): print("held", flush=True); time.sleep(900)'
     p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert p.stdout.readline() == 'held\n'
