@@ -74,7 +74,7 @@ def resume_checkpoint(params) -> dict:
 
 # %% ../nbs/03d_checkpoints.ipynb #7b70a5a3
 def in_todays_groups(optimizer: dict, schedule: dict, opt, sched) -> tuple:
-    "Optimiser and schedule states from before the backbone/head split (one group, `model.parameters()` order) for `opt`, `sched`."
+    "Optimiser/schedule states from before the backbone/head split (one group, `model.parameters()` order) as today's."
     groups, sizes = optimizer['param_groups'], [len(g['params']) for g in opt.param_groups]
     if len(groups) != 1 or len(sizes) == 1: return optimizer, schedule
     ids = groups[0]['params']

@@ -178,8 +178,8 @@ def save_checkpoint(run: Run, epoch: int):
     "After `epoch`: everything `restore` needs, written by rank 0 atomically (RNG states gathered from every process)."
     rngs = gather_objects(get_rng_state())
     if run.rank != 0: return
-    atomic_save(dict(epoch=epoch + 1, params=run.params, model=run.plain_model.state_dict(), optimizer=run.opt.state_dict(),
-                     scheduler=run.sched.state_dict(), rng=rngs, history=run.history,
+    atomic_save(dict(epoch=epoch + 1, params=run.params, model=run.plain_model.state_dict(),
+                     optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), rng=rngs, history=run.history,
                      scaler=run.scaler.state_dict() if run.scaler is not None else None), run.out / CHECKPOINT)
 
 # %% ../nbs/04_train.ipynb #0f673c59
@@ -200,7 +200,7 @@ class EpochTotals:
     "An epoch's training loss, correct predictions and images, summed on the device; DF/QF/A for the ALA family."
     def __init__(self, loss_fn, class_counts, device):
         self.loss_fn = loss_fn
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss x images, correct, images: one all-reduce
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss x images, correct, images
         self.meter = FactorMeter(class_counts, device) if hasattr(loss_fn, 'factors') else None
 
     @torch.no_grad()
@@ -344,7 +344,7 @@ def save_logits(path, idx, logits, num_rows, rank=0, world=1):
 
 # %% ../nbs/04_train.ipynb #3eb90295
 def interim_top1(run: Run) -> dict | None:
-    "Test top-1 (all and per shot group) of the model midway, for `eval_every`: rank 0 gets it; every RNG is left as it was."
+    "Test top-1 (all, per shot group) midway, for `eval_every`: rank 0 gets it; every RNG is left as it was."
     state = get_rng_state()
     try:
         _, outs, targets = predict_test_set(run)
