@@ -25,7 +25,7 @@ from .checkpoints import atomic_save, get_rng_state, in_todays_groups, resume_ch
 from .data import ArrayBatches, load_dataset
 from .engine import (amp_applied, autocast, check_local_gpu, dist_env, gather_objects, machine_env,
                               reduce_sum, resolve_params)
-from .launch import USER_ERRORS, user_error
+from .cli import USER_ERRORS, user_error
 from .losses import class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
 from .models import build_model

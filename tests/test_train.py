@@ -92,7 +92,7 @@ def test_papermill_mistakes_end_in_one_line(tmp_path):
 
 def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
     "run_torchrun (what train.ipynb does for nproc > 1) = `python -m torch.distributed.run --nproc_per_node 2 -m ala_paper.train ...`."
-    from ala_paper.launch import run_torchrun
+    from ala_paper.cli import run_torchrun
     out = tmp_path / 'ddp'
     ret = run_torchrun(2, epochs=2, out_dir=out, verbose=False)
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json', 'test_logits.npy']
@@ -159,7 +159,7 @@ def test_local_rank_beyond_the_gpus_is_one_clear_error(monkeypatch):
         check_local_gpu(1)
 
 def test_torchrun_global_batch_must_divide(tmp_path):
-    from ala_paper.launch import run_torchrun
+    from ala_paper.cli import run_torchrun
     with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 process"):
         run_torchrun(2, epochs=1, batch_size=127, out_dir=tmp_path / 'run', verbose=False)
     assert not (tmp_path / 'run').exists()
@@ -167,7 +167,7 @@ def test_torchrun_global_batch_must_divide(tmp_path):
 
 def test_resume_under_another_number_of_processes(tmp_path):
     "Checkpointed by 2 gloo processes, resumed by one: it finishes, and says that the resume is not exact."
-    from ala_paper.launch import run_torchrun
+    from ala_paper.cli import run_torchrun
     run_torchrun(2, epochs=1, out_dir=tmp_path, verbose=False)
     r = cli('--epochs', '2', '--out_dir', tmp_path, '--resume')
     assert r.returncode == 0, r.stderr[-2000:]
