@@ -14,7 +14,8 @@ from .checkpoints import load_checkpoint
 from .data import DATASETS, load_dataset
 from .models import build_model
 from .recipe import _Parser, with_absent
-from .train import Run, _resolve_device, evaluate, write_results
+from .engine import resolve_device
+from .train import Run, evaluate, write_results
 
 # %% auto #0
 __all__ = ['read_checkpoint', 'evaluate_checkpoint', 'cli_parser', 'main']
@@ -93,7 +94,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, data_root=None, out=None, devi
     ck = read_checkpoint(checkpoint)
     params = dict(ck['params'])
     out = _check_request(ck, params, dataset, out)
-    params.update(device=_resolve_device(device), out_dir=str(out), verbose=verbose,
+    params.update(device=resolve_device(device), out_dir=str(out), verbose=verbose,
                   data_root=data_root if data_root is not None else params.get('data_root'))
     if params['device'] == 'cpu': params['amp'] = 'off'
     data = _data(params)

@@ -224,7 +224,7 @@ def fake_run(loss: str = 'ce', seed: int = 0, dataset: str = 'synthetic-lt', num
              n_test: int = 10, **params) -> tuple:
     "`(results, test_logits)` of a made-up finished run; `params` are training parameters (arch, epochs, ...)."
     import zlib
-    from ala_paper.train import resolve_params
+    from ala_paper.engine import resolve_params
     resolved = resolve_params(dataset=dataset, loss=loss, seed=seed, device=params.pop('device', 'cpu'), **params)
     counts, names = fake_classes(dataset, num_classes)
     key = json.dumps({k: resolved[k] for k in ('dataset', 'arch', 'loss', 'seed', 'loss_kw', 'drw_epoch', 'epochs')})

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os
 if __name__ == '__main__': os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # the CLI only, before torch loads
-import copy, importlib.util, inspect, json, math, platform, random, subprocess, sys, time, traceback
+import inspect, math, random, sys, time, traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -18,76 +18,23 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from .core import (CHECKPOINT, RESULTS, TORCHVISION_ARCHS, USER_MISTAKES, atomic_write_json, check_names,
-                            error_line, git_commit, known)
+from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, known
 from .batches import make_batches, seed_of
-from .checkpoints import atomic_save, get_rng_state, load_checkpoint, set_rng_state
+from .board import board_epoch, board_final, check_tensorboard, open_board
+from .checkpoints import atomic_save, get_rng_state, in_todays_groups, resume_checkpoint, set_rng_state
 from .data import ArrayBatches, load_dataset
+from .engine import (amp_applied, autocast, check_local_gpu, dist_env, gather_objects, machine_env,
+                              reduce_sum, resolve_params)
+from .cli import USER_ERRORS, user_error
 from .losses import class_balanced_weights, make_loss, posthoc_logit_adjust
 from .metrics import SHOT_GROUPS, group_accuracy, per_class_accuracy, shot_group, true_class_prob
-from .models import build_model, no_tf32
-from .recipe import PARAM_NAMES, Params, _int_like, cli_parser, resolve_recipe, with_absent
+from .models import build_model
+from .recipe import Params, cli_parser
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'resolve_params', 'auto_amp', 'layout_gradient_error', 'lr_factor', 'drw_weight', 'FactorMeter',
-           'dist_env', 'check_local_gpu', 'Run', 'setup', 'amp_applied', 'run_banner', 'restore', 'save_checkpoint',
-           'weight_total', 'batch_share', 'train_one_epoch', 'run_epochs', 'predict', 'save_logits', 'predict_test_set',
-           'top1_now', 'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'user_error', 'main',
-           'cli_args', 'check_nproc', 'run_torchrun']
-
-# %% ../nbs/04_train.ipynb #1a0e1a4b
-def resolve_params(**kw) -> dict:
-    "`resolve_recipe`, then the engine's choices: the device, its precision (`amp`) and memory layout."
-    params = resolve_recipe(**kw)
-    _resolve_engine(params)
-    return params
-
-def _resolve_engine(params):
-    "Device, precision, layout: the choices that follow from the machine."
-    if params['device'] is None and params['arch'] in TORCHVISION_ARCHS and not torch.cuda.is_available():
-        raise ValueError(f"{params['dataset']} trains {params['arch']}, which needs a GPU, but torch "
-                         f"{torch.__version__} (built for CUDA {torch.version.cuda}) sees none; check nvidia-smi "
-                         f"(a driver older than that CUDA hides the GPU), or pass device='cpu' to train on the CPU "
-                         f"anyway (days)")
-    params['device'] = _resolve_device(params['device'])
-    if params['amp'] is None: params['amp'] = auto_amp() if params['device'] == 'cuda' else 'off'
-    if params['channels_last'] is None: params['channels_last'] = params['device'] == 'cuda'   # CPU: see 'channels_last'
-
-def auto_amp() -> str:
-    "bf16 where the GPU computes it natively (compute capability 8.0+), else fp16 with a GradScaler."
-    native = torch.cuda.get_device_capability()[0] >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
-    return 'bf16' if native else 'fp16'
-
-def _resolve_device(device):
-    if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
-    try: parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or None (automatic)") from None
-    if parsed.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or None")
-    if parsed.type not in ('cpu', 'cuda'):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or None (automatic)")
-    return parsed.type
-
-# %% ../nbs/04_train.ipynb #f38c22c6
-def layout_gradient_error(channels_last: bool, arch='resnet32', batch_size=128, device='cpu', seed=0) -> dict:
-    "Relative error of one float32 step's gradients (conv, BN, head) and BN running variances against float64."
-    torch.manual_seed(seed)
-    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]   # CIFAR-10-LT's classes
-    model, crit = build_model(arch, len(counts), cosine=True, init='ldam'), make_loss('ldam', counts).to(device)
-    x, y = torch.randn(batch_size, 3, 32, 32), torch.randint(0, len(counts), (batch_size,))
-    def kind(name, p): return 'head' if name.startswith('head') else 'conv' if p.dim() == 4 else 'bn'
-    def grads(dtype, layout):
-        m = copy.deepcopy(model).to(device, dtype).to(memory_format=layout).train()
-        crit(m(x.to(device, dtype).contiguous(memory_format=layout)), y.to(device)).backward()
-        out = {}
-        for name, p in m.named_parameters(): out.setdefault(kind(name, p), []).append(p.grad.flatten())
-        out['bn running var'] = [b.flatten() for n, b in m.named_buffers() if n.endswith('running_var')]
-        return {k: torch.cat(v).double().cpu() for k, v in out.items()}
-    with no_tf32():
-        ref = grads(torch.float64, torch.contiguous_format)
-        got = grads(torch.float32, torch.channels_last if channels_last else torch.contiguous_format)
-    return {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}
+__all__ = ['lr_factor', 'drw_weight', 'FactorMeter', 'Run', 'setup', 'run_banner', 'restore', 'save_checkpoint', 'weight_total',
+           'batch_share', 'EpochTotals', 'train_one_epoch', 'run_epochs', 'predict_test_set', 'save_logits',
+           'interim_top1', 'best_test_epoch', 'evaluate', 'bn_batch', 'write_results', 'train', 'main']
 
 # %% ../nbs/04_train.ipynb #d4aeed07
 def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, milestones, gamma: float,
@@ -119,33 +66,10 @@ class FactorMeter:
 
     def result(self) -> dict:
         "Means per group ({df, qf, a}) after reducing across processes; None for a group with no sample."
-        packed = torch.cat([self.sums.flatten(), self.counts])
-        if dist.is_available() and dist.is_initialized(): dist.all_reduce(packed)
+        packed = reduce_sum(torch.cat([self.sums.flatten(), self.counts]))
         sums, counts = packed[:9].view(3, 3).cpu(), packed[9:].cpu()
         return {g: (dict(zip(('df', 'qf', 'a'), (sums[i] / counts[i]).tolist())) if counts[i] > 0 else None)
                 for i, g in enumerate(SHOT_GROUPS)}
-
-# %% ../nbs/04_train.ipynb #b16c6155
-def dist_env():
-    "(rank, world_size, local_rank) from torchrun's environment variables (0, 1, 0 without torchrun)."
-    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
-
-def check_local_gpu(local_rank: int):
-    "One GPU per process: a `LOCAL_RANK` beyond the GPUs torch sees is one clear ValueError (not 'invalid device ordinal')."
-    gpus = torch.cuda.device_count()
-    if local_rank >= gpus:
-        raise ValueError(f"LOCAL_RANK {local_rank} but torch sees {gpus} GPU(s) on this machine: start at most {gpus} "
-                         f"process(es) per machine (torchrun --nproc_per_node {gpus}), or check CUDA_VISIBLE_DEVICES")
-
-def _all_reduce(t):
-    if dist.is_available() and dist.is_initialized(): dist.all_reduce(t)
-    return t
-
-def _all_gather(obj):
-    if not (dist.is_available() and dist.is_initialized()): return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 # %% ../nbs/04_train.ipynb #cd9ccb88
 @dataclass
@@ -154,8 +78,8 @@ class Run:
     params: dict
     data: object
     model: torch.nn.Module             # what the loop calls (compiled and/or DDP-wrapped)
-    raw: torch.nn.Module               # the plain model, whose state_dict goes to the checkpoint
-    crit: torch.nn.Module
+    plain_model: torch.nn.Module       # the model itself, whose state_dict goes to the checkpoint
+    loss_fn: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: object
     scaler: object
@@ -171,7 +95,8 @@ class Run:
     @property
     def out(self) -> Path: return Path(self.params['out_dir'])
 
-def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), rank=0, world=1) -> Run:
+# %% ../nbs/04_train.ipynb #983341c7
+def setup(params, data, loss_fn, model, checkpoint=None, dev=torch.device('cpu'), rank=0, world=1) -> Run:
     "Model on `dev`, optimiser (backbone, head), batches, schedule, scaler; restored from `checkpoint`; DDP-wrapped."
     if params['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not params['deterministic']
@@ -194,8 +119,8 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(amp_applied(params))
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    run = Run(params, data, model, model, crit.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
-              base_weight=crit.weight)
+    run = Run(params, data, model, model, loss_fn.to(dev), opt, sched, scaler, batches, dev, rank, world, amp_dtype,
+              base_weight=loss_fn.weight)
     _log(params, rank, run_banner(run))
     if checkpoint is not None: restore(run, checkpoint)
     if params['compile']: run.model = torch.compile(run.model)
@@ -204,10 +129,7 @@ def setup(params, data, crit, model, checkpoint=None, dev=torch.device('cpu'), r
         run.model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     return run
 
-def amp_applied(params) -> str:
-    "The precision the steps run in: `amp` on CUDA; 'off' (float32) on the CPU, where the engine applies no autocast."
-    return params['amp'] if params['device'] == 'cuda' else 'off'
-
+# %% ../nbs/04_train.ipynb #1ef3ab68
 def run_banner(run: Run) -> str:
     "The first line a run prints: where it runs, in what precision, how the batch is split and fed, how many steps."
     params, dev = run.params, run.dev
@@ -224,43 +146,19 @@ def run_banner(run: Run) -> str:
             f"{run.world} process{'es' if run.world > 1 else ''} | {split} ({params['batch_size']} in all) | {feed} | "
             f"{len(run.batches) // params['grad_accum']} steps per epoch")
 
-# %% ../nbs/04_train.ipynb #d1e79894
-def _load_checkpoint(params):
-    checkpoint = load_checkpoint(Path(params['out_dir']) / CHECKPOINT, 'delete it to train from the start, or put '
-                                 'back an intact copy')
-    if not isinstance(checkpoint, dict) or not {'params', 'epoch', 'model'} <= checkpoint.keys():
-        raise ValueError(f"{Path(params['out_dir']) / CHECKPOINT} is not a checkpoint of ala_paper.train (no params, "
-                         f"epoch and model): use another out_dir, or delete it to train from the start")
-    saved = with_absent(checkpoint['params'])   # a checkpoint from before a parameter existed had its old value
-    for f in fields(Params):
-        name = f.name
-        if f.metadata['resume'] and name in saved and saved[name] != params[name]:
-            raise ValueError(f"the checkpoint in {params['out_dir']} was made with {name}={saved[name]!r}, "
-                             f"not {params[name]!r}: resume with the same parameters or use another out_dir")
-    if int(checkpoint['epoch']) > params['epochs']:
-        raise ValueError(f"the checkpoint in {params['out_dir']} is after epoch {checkpoint['epoch']}, "
-                         f"beyond epochs={params['epochs']}: "
-                         f"resume with epochs >= {checkpoint['epoch']} or use another out_dir")
-    return checkpoint
+def _log(params, rank, msg):
+    if params['verbose'] and rank == 0: print(msg, flush=True)
 
-def _in_todays_groups(run: Run, optimizer: dict, schedule: dict) -> tuple:
-    "A checkpoint from before the backbone/head split (one parameter group, in `model.parameters()` order) as today's."
-    groups, sizes = optimizer['param_groups'], [len(g['params']) for g in run.opt.param_groups]
-    if len(groups) != 1 or len(sizes) == 1: return optimizer, schedule
-    ids = groups[0]['params']
-    if len(ids) != sum(sizes) or len(set(run.sched.base_lrs)) != 1:   # not a plain split: let PyTorch say what differs
-        return optimizer, schedule
-    starts = np.cumsum([0] + sizes)
-    split = [dict(groups[0], params=ids[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-    n = len(sizes)
-    schedule = dict(schedule, base_lrs=schedule['base_lrs'] * n, _last_lr=schedule['_last_lr'] * n,
-                    lr_lambdas=schedule['lr_lambdas'] * n)
-    return dict(optimizer, param_groups=split), schedule
+def _loss_kw(params):
+    "make_loss options: s for cosine losses; the per-step input checks (a host sync each) only on the CPU."
+    scale_kw = {'s': params['scale']} if params['cosine'] else {}
+    return {**scale_kw, 'validate': params['device'] == 'cpu', **params['loss_kw']}
 
+# %% ../nbs/04_train.ipynb #9ac1596d
 def restore(run: Run, checkpoint: dict):
     "Continue from `checkpoint`: weights, optimiser, schedule, scaler, history, and this process's RNG states."
-    run.raw.load_state_dict(checkpoint['model'])
-    optimizer, schedule = _in_todays_groups(run, checkpoint['optimizer'], checkpoint['scheduler'])
+    run.plain_model.load_state_dict(checkpoint['model'])
+    optimizer, schedule = in_todays_groups(checkpoint['optimizer'], checkpoint['scheduler'], run.opt, run.sched)
     try: run.opt.load_state_dict(optimizer)
     except ValueError as e:
         raise ValueError(f"the optimiser state in {run.out / CHECKPOINT} does not fit this model ({e}): resume with the "
@@ -278,35 +176,18 @@ def restore(run: Run, checkpoint: dict):
 
 def save_checkpoint(run: Run, epoch: int):
     "After `epoch`: everything `restore` needs, written by rank 0 atomically (RNG states gathered from every process)."
-    rngs = _all_gather(get_rng_state())
+    rngs = gather_objects(get_rng_state())
     if run.rank != 0: return
-    atomic_save(dict(epoch=epoch + 1, params=run.params, model=run.raw.state_dict(), optimizer=run.opt.state_dict(),
-                     scheduler=run.sched.state_dict(), rng=rngs, history=run.history,
+    atomic_save(dict(epoch=epoch + 1, params=run.params, model=run.plain_model.state_dict(),
+                     optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), rng=rngs, history=run.history,
                      scaler=run.scaler.state_dict() if run.scaler is not None else None), run.out / CHECKPOINT)
-
-def _loss_kw(params):
-    "make_loss options: s for cosine losses; the per-step input checks (a host sync each) only on the CPU."
-    scale_kw = {'s': params['scale']} if params['cosine'] else {}
-    return {**scale_kw, 'validate': params['device'] == 'cpu', **params['loss_kw']}
-
-def _env(params, world):
-    import torchvision
-    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                numpy=np.__version__, platform=platform.platform(), device=params['device'],
-                device_name=(torch.cuda.get_device_name() if params['device'] == 'cuda'
-                             else platform.processor() or platform.machine()),
-                threads=torch.get_num_threads(), world_size=world, amp=amp_applied(params),
-                amp_asked=params['amp'], git_commit=git_commit())
-
-def _log(params, rank, msg):
-    if params['verbose'] and rank == 0: print(msg, flush=True)
 
 # %% ../nbs/04_train.ipynb #0f673c59
 def weight_total(weight, targets: list):
     "Sum of the class weights of the samples in `targets` (label tensors) over all processes; None if unweighted."
     if weight is None: return None
     total = sum(weight.to(t.device)[t].sum() for t in targets).detach()
-    return _all_reduce(total)
+    return reduce_sum(total)
 
 def batch_share(loss, weight, target, total, parts: int, world: int):
     "This micro-batch's share of the global batch's mean loss (`parts` micro-batches per process, `world` processes)."
@@ -314,39 +195,49 @@ def batch_share(loss, weight, target, total, parts: int, world: int):
     if parts == 1 and world == 1: return loss
     return loss * weight.to(loss.device)[target].sum().detach() * world / total
 
-def _autocast(amp_dtype):
-    return torch.autocast(device_type='cuda', dtype=amp_dtype) if amp_dtype else nullcontext()
+# %% ../nbs/04_train.ipynb #97121c9f
+class EpochTotals:
+    "An epoch's training loss, correct predictions and images, summed on the device; DF/QF/A for the ALA family."
+    def __init__(self, loss_fn, class_counts, device):
+        self.loss_fn = loss_fn
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss x images, correct, images
+        self.meter = FactorMeter(class_counts, device) if hasattr(loss_fn, 'factors') else None
 
-def _step(run: Run, group: list, prep, sums, meter=None):
-    "One optimiser step over the micro-batches `group` = [(images, labels), ...]; adds to the epoch's `sums`."
-    weight, parts = run.crit.weight, len(group)
+    @torch.no_grad()
+    def add(self, out, y, loss):
+        "A micro-batch's outputs `out`, labels `y` and mean `loss`."
+        out = out.detach().float()
+        self.sums[0] += loss.detach().double() * len(y)
+        self.sums[1] += (out.argmax(1) == y).sum()
+        self.sums[2] += len(y)
+        if self.meter is not None: self.meter.update(self.loss_fn.factors(out, y), y)
+
+    def reduced(self) -> dict:
+        "The sums over every process: `loss_sum`, `correct`, `images` (floats)."
+        return dict(zip(('loss_sum', 'correct', 'images'), reduce_sum(self.sums).tolist()))
+
+# %% ../nbs/04_train.ipynb #8d0b0f71
+def _step(run: Run, group: list, prep, totals: EpochTotals):
+    "One optimiser step over the micro-batches `group` = [(images, labels), ...]; adds them to the epoch's `totals`."
+    weight, parts = run.loss_fn.weight, len(group)
     total = weight_total(weight, [y for _, y in group]) if weight is not None and parts * run.world > 1 else None
     run.opt.zero_grad(set_to_none=True)
     for k, (x, y) in enumerate(group):
         sync = run.model.no_sync() if run.world > 1 and k < parts - 1 else nullcontext()   # DDP reduces after the last
         with sync:
             x = prep(x)
-            with _autocast(run.amp_dtype):
+            with autocast(run.amp_dtype):
                 out = run.model(x)
-            loss = run.crit(out.to(torch.promote_types(out.dtype, torch.float32)), y)   # AMP: float32; float64 stays
+            loss = run.loss_fn(out.to(torch.promote_types(out.dtype, torch.float32)), y)   # AMP: float32; float64 stays
             share = batch_share(loss, weight, y, total, parts, run.world)
             (run.scaler.scale(share) if run.scaler is not None else share).backward()
-        _tally(sums, meter, run.crit, out, y, loss)
+        totals.add(out, y, loss)
     if run.scaler is not None:
         run.scaler.step(run.opt)
         run.scaler.update()
     else: run.opt.step()
     run.sched.step()
     return loss
-
-@torch.no_grad()
-def _tally(sums, meter, crit, out, y, loss):
-    "Loss, correct and image sums on the device (no host sync), and the DF/QF/A sums of Figure 4."
-    out = out.detach().float()
-    sums[0] += loss.detach().double() * len(y)
-    sums[1] += (out.argmax(1) == y).sum()
-    sums[2] += len(y)
-    if meter is not None: meter.update(crit.factors(out, y), y)
 
 # %% ../nbs/04_train.ipynb #cdd59a3c
 def train_one_epoch(run: Run, epoch: int, bar=None) -> dict:
@@ -356,30 +247,30 @@ def train_one_epoch(run: Run, epoch: int, bar=None) -> dict:
     aug = torch.Generator(run.dev).manual_seed(seed_of(params['seed'], epoch, run.rank))
     prep = partial(run.data.pipeline.train_batch, generator=aug, channels_last=params['channels_last'])
     weight = drw_weight(epoch, params['drw_epoch'], run.data.class_counts, params['drw_beta'])
-    run.crit.weight = run.base_weight if weight is None else weight.to(run.dev)   # the loss's own weights until DRW
-    meter = FactorMeter(run.data.class_counts, run.dev) if hasattr(run.crit, 'factors') else None
+    run.loss_fn.weight = run.base_weight if weight is None else weight.to(run.dev)   # the loss's own weights until DRW
+    totals = EpochTotals(run.loss_fn, run.data.class_counts, run.dev)
     lr = run.opt.param_groups[-1]['lr']   # the base rate (the head's group)
     run.model.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=run.dev)
     group, steps = [], 0
     for x, y in run.batches:
         group.append((x, y))
         if len(group) < params['grad_accum']: continue
-        loss = _step(run, group, prep, sums, meter)
+        loss = _step(run, group, prep, totals)
         if bar is not None:
             bar.update(sum(len(labels) for _, labels in group))
             if steps % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)   # a host sync: not always
         group, steps = [], steps + 1
-    loss_sum, correct, num_images = _all_reduce(sums).tolist()
-    if not math.isfinite(loss_sum):
-        raise FloatingPointError(f"the training loss became {loss_sum} in epoch {epoch + 1}: lower lr, or use "
+    sums = totals.reduced()
+    if not math.isfinite(sums['loss_sum']):
+        raise FloatingPointError(f"the training loss became {sums['loss_sum']} in epoch {epoch + 1}: lower lr, or use "
                                  f"amp='bf16'/'off' (the last good checkpoint is in {run.out})")
-    rec = dict(epoch=epoch + 1, lr=lr, loss=loss_sum / num_images, train_acc=100 * correct / num_images,
-               drw=weight is not None, images=int(num_images))
-    if meter is not None: rec['factors'] = meter.result()
+    rec = dict(epoch=epoch + 1, lr=lr, loss=sums['loss_sum'] / sums['images'],
+               train_acc=100 * sums['correct'] / sums['images'], drw=weight is not None, images=int(sums['images']))
+    if totals.meter is not None: rec['factors'] = totals.meter.result()
     return rec
 
-def _due(params, epoch) -> bool:
+# %% ../nbs/04_train.ipynb #1e8f3684
+def _is_test_epoch(params, epoch) -> bool:
     "Is the test set evaluated after epoch `epoch` (0-based) while training? (The last epoch: by `evaluate`.)"
     k, done = params['eval_every'], epoch + 1
     return k > 0 and done > params['eval_from'] and done % k == 0 and done < params['epochs']
@@ -390,28 +281,7 @@ def _epoch_line(params, rec) -> str:
             f"train acc {rec['train_acc']:.1f}%  {rec['images'] / rec['seconds']:.0f} img/s  {rec['seconds']:.1f}s"
             + (f"  test {test['all']:.1f}%" if test else '') + ('  [DRW]' if rec['drw'] else ''))
 
-def _board(run: Run):
-    "A TensorBoard writer into OUT_DIR/tensorboard (rank 0, `tensorboard` on); a resumed run drops events after its epoch."
-    if not run.params['tensorboard'] or run.rank != 0: return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(run.out / 'tensorboard'), purge_step=run.start + 1)
-
-def _board_epoch(board, rec: dict):
-    "An epoch's scalars: loss, accuracy, rate, speed, DRW on or off, and the test top-1 per shot group when tested."
-    scalars = {'train/loss': rec['loss'], 'train/accuracy': rec['train_acc'], 'train/lr': rec['lr'],
-               'train/images_per_second': rec['images'] / rec['seconds'], 'train/drw': float(rec['drw'])}
-    scalars.update({f'test/top1_{g}': v for g, v in (rec.get('test_top1') or {}).items() if v is not None})
-    for tag, value in scalars.items(): board.add_scalar(tag, value, rec['epoch'])
-    board.flush()
-
-def _board_final(run: Run, top1: dict):
-    "The final test top-1 per shot group, at the last epoch, beside the per-epoch curves."
-    if not run.params['tensorboard'] or run.rank != 0: return
-    from torch.utils.tensorboard import SummaryWriter
-    with SummaryWriter(str(run.out / 'tensorboard')) as board:
-        for group, value in top1.items():
-            if value is not None: board.add_scalar(f'test/top1_{group}', value, run.params['epochs'])
-
+# %% ../nbs/04_train.ipynb #f05d75e2
 def run_epochs(run: Run):
     "Every epoch not done yet: train it, test it if due (`eval_every`), checkpoint it, log it."
     params = run.params
@@ -419,16 +289,16 @@ def run_epochs(run: Run):
     per_epoch = min(len(run.batches) // params['grad_accum'] * params['batch_size'], len(run.data.train))
     epoch_bar = tqdm(total=params['epochs'], initial=run.start, desc='epochs', unit='epoch', disable=not bars,
                      dynamic_ncols=True)
-    board = _board(run)
+    board = open_board(run.out, run.start) if params['tensorboard'] and run.rank == 0 else None
     for epoch in range(run.start, params['epochs']):
         started = time.time()
         with tqdm(total=per_epoch, desc=f'epoch {epoch + 1}/{params["epochs"]}', unit='img', unit_scale=True,
                   leave=False, disable=not bars, dynamic_ncols=True) as bar:
             rec = train_one_epoch(run, epoch, bar if bars else None)
         rec['seconds'] = time.time() - started
-        if _due(params, epoch):
+        if _is_test_epoch(params, epoch):
             tested = time.time()
-            rec['test_top1'] = top1_now(run)
+            rec['test_top1'] = interim_top1(run)
             rec['test_seconds'] = time.time() - tested
         run.history.append(rec)
         save_checkpoint(run, epoch)
@@ -436,22 +306,29 @@ def run_epochs(run: Run):
         epoch_bar.update(1)
         epoch_bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
         if not bars: _log(params, run.rank, _epoch_line(params, rec))
-        if board: _board_epoch(board, rec)
+        if board: board_epoch(board, rec)
     epoch_bar.close()
     if board: board.close()
 
 # %% ../nbs/04_train.ipynb #8c4d85fd
 @torch.no_grad()
-def predict(model, dataset, prep, batch_size, workers, device, amp_dtype, num_classes, decode_on_device=False):
-    "(indices, float32 outputs) on this process's shard (every world_size-th sample) of `dataset`."
-    rank, world, _ = dist_env()
-    idx = list(range(rank, len(dataset), world))
-    model.eval()
+def predict_test_set(run: Run) -> tuple:
+    "(indices, float32 outputs, targets) of the model as it is now on this process's shard of the test set."
+    params, data, world = run.params, run.data, run.world
+    if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
+        for b in run.plain_model.buffers(): dist.broadcast(b, 0)
+    idx = list(range(run.rank, len(data.test), world))   # every world-th image
+    batches = make_batches(data.test, max(params['batch_size'] // world, 1) * 2, idx, params['workers'], run.dev,
+                           decode_on_device=params['decode_on_device'], train=False)
+    run.plain_model.eval()
     outs = []
-    for x, _ in make_batches(dataset, batch_size, idx, workers, device, decode_on_device=decode_on_device, train=False):
-        with _autocast(amp_dtype): outs.append(model(prep(x)).float().cpu())
-    return idx, torch.cat(outs) if outs else torch.zeros(0, num_classes)
+    for x, _ in batches:
+        x = data.pipeline.test_batch(x, channels_last=params['channels_last'])
+        with autocast(run.amp_dtype): outs.append(run.plain_model(x).float().cpu())
+    outs = torch.cat(outs) if outs else torch.zeros(0, data.num_classes)
+    return idx, outs, torch.as_tensor(data.test.targets)[idx]
 
+# %% ../nbs/04_train.ipynb #fd71369b
 def save_logits(path, idx, logits, num_rows, rank=0, world=1):
     "Each process writes its rows `idx` of one `[num_rows, C]` float16 .npy (created by rank 0): nothing is gathered."
     path = Path(path)
@@ -465,23 +342,13 @@ def save_logits(path, idx, logits, num_rows, rank=0, world=1):
     if world > 1: dist.barrier()
     if rank == 0: os.replace(tmp, path)
 
-def predict_test_set(run: Run) -> tuple:
-    "(indices, float32 outputs, targets) of the model as it is now on this process's shard of the test set."
-    params, data, world = run.params, run.data, run.world
-    if world > 1:   # every process evaluates with rank 0's BatchNorm statistics (the ones in the checkpoint)
-        for b in run.raw.buffers(): dist.broadcast(b, 0)
-    prep = partial(data.pipeline.test_batch, channels_last=params['channels_last'])
-    batch_size = max(params['batch_size'] // world, 1) * 2
-    idx, outs = predict(run.raw, data.test, prep, batch_size, params['workers'], run.dev, run.amp_dtype,
-                        data.num_classes, params['decode_on_device'])
-    return idx, outs, torch.as_tensor(data.test.targets)[idx]
-
-def top1_now(run: Run) -> dict | None:
-    "Test top-1 (all and per shot group) now, for `eval_every`: rank 0 gets it; every RNG is left as it was."
+# %% ../nbs/04_train.ipynb #3eb90295
+def interim_top1(run: Run) -> dict | None:
+    "Test top-1 (all, per shot group) midway, for `eval_every`: rank 0 gets it; every RNG is left as it was."
     state = get_rng_state()
     try:
         _, outs, targets = predict_test_set(run)
-        parts = _all_gather((outs.argmax(1), targets))
+        parts = gather_objects((outs.argmax(1), targets))
     finally: set_rng_state(state)
     if run.rank != 0: return None
     preds, targets = (torch.cat([part[k] for part in parts]) for k in (0, 1))
@@ -495,6 +362,7 @@ def best_test_epoch(history: list, top1: dict) -> dict | None:
     return dict(epoch=epoch, top1=best, epochs_tested=len(tested) + 1,
                 note="chosen on the test set, as LDAM-DRW's code reports; top1 is the last epoch")
 
+# %% ../nbs/04_train.ipynb #a2f1b6d2
 def evaluate(run: Run) -> dict | None:
     "Test predictions, also post-hoc logit-adjusted (PC Softmax); writes test_logits.npy; rank 0 gets them all."
     params, data, world = run.params, run.data, run.world
@@ -503,18 +371,20 @@ def evaluate(run: Run) -> dict | None:
     logits = scale * outs
     save_logits(run.out / 'test_logits.npy', idx, logits, len(data.test), run.rank, world)
     adjusted = posthoc_logit_adjust(logits, data.class_counts, tau=1.0)
-    parts = _all_gather((idx, logits.argmax(1), targets, true_class_prob(logits, targets), adjusted.argmax(1)))
+    parts = gather_objects((idx, logits.argmax(1), targets, true_class_prob(logits, targets), adjusted.argmax(1)))
     if run.rank != 0: return None
     order = torch.tensor([i for part in parts for i in part[0]], dtype=torch.long).argsort()
     gathered = lambda k: torch.cat([part[k] for part in parts])[order]
     return dict(preds=gathered(1), targets=gathered(2), probs=gathered(3), adjusted_preds=gathered(4), scale=scale)
 
+# %% ../nbs/04_train.ipynb #1e07cd40
 def bn_batch(params, world: int) -> dict:
     "Images each BatchNorm layer normalises over: one process's micro-batch, or the global one with sync_bn."
     micro = params['batch_size'] // (world * params['grad_accum'])
     synced = bool(params['sync_bn']) and world > 1
     return dict(per_process=micro, sync_bn=synced, statistics_over=micro * world if synced else micro)
 
+# %% ../nbs/04_train.ipynb #9f3c3e99
 def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
     "results.json (rank 0, atomically): the contract of DESIGN.md, the post-hoc adjusted accuracies, the logits file."
     params, data = run.params, run.data
@@ -533,9 +403,9 @@ def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
                    true_class_prob=[round(v, 4) for v in evaluation['probs'].tolist()],
                    seconds=time.time() - t_start, train_seconds=train_seconds,
                    images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
-                   batchnorm=bn_batch(params, run.world), env=_env(params, run.world))
+                   batchnorm=bn_batch(params, run.world), env=machine_env(params, run.world))
     atomic_write_json(results, run.out / RESULTS)
-    _board_final(run, top1)
+    if params['tensorboard'] and run.rank == 0: board_final(run.out, top1, params['epochs'])
     show = lambda v: '-' if v is None else f'{v:.1f}'
     _log(params, run.rank, f"top-1 all {show(top1['all'])}  many {show(top1['many'])}  "
                            f"medium {show(top1['medium'])}  few {show(top1['few'])}  -> {run.out / RESULTS}")
@@ -548,22 +418,14 @@ def train(**kwargs) -> dict:
     if kwargs.get('deterministic'): os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # before cuBLAS starts
     params = resolve_params(**kwargs)
     rank, world, local_rank = dist_env()
-    if params['device'] == 'cuda': check_local_gpu(local_rank)
-    if params['sync_bn'] and world > 1 and params['device'] != 'cuda':
-        raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs): pass sync_bn=False on the CPU")
-    if params['tensorboard'] and importlib.util.find_spec('tensorboard') is None:
-        raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard (or leave it off)")
-    if params['batch_size'] % (world * params['grad_accum']):
-        raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
-                         f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "
-                         f"(it is the global batch)")
-    checkpoint = _load_checkpoint(params) if params['resume'] else None
+    _check_run(params, world, local_rank)
+    checkpoint = resume_checkpoint(params) if params['resume'] else None
     data = load_dataset(params['dataset'], params['data_root'], train_list=params['train_list'],
                         test_list=params['test_list'], transform=params['transform'],
                         imbalance_ratio=params['imbalance_ratio'], seed=params['data_seed'], draw=params['data_draw'],
                         download=params['download'], in_memory=params['in_memory'])
     params['world_size'] = world
-    try: crit = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
+    try: loss_fn = make_loss(params['loss'], data.class_counts, **_loss_kw(params))
     except TypeError as e:
         raise ValueError(f"loss_kw {params['loss_kw']} does not fit loss {params['loss']!r}: {e}") from None
     dev = torch.device(f'cuda:{local_rank}' if params['device'] == 'cuda' else 'cpu')
@@ -572,7 +434,7 @@ def train(**kwargs) -> dict:
     if own_group:
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo', device_id=dev if dev.type == 'cuda' else None)
     try:
-        run = setup(params, data, crit, _build_model(params, data, rank, world), checkpoint, dev, rank, world)
+        run = setup(params, data, loss_fn, _build_model(params, data, rank, world), checkpoint, dev, rank, world)
         _prepare_out_dir(run)
         run_epochs(run)
         evaluation = evaluate(run)
@@ -584,6 +446,19 @@ def train(**kwargs) -> dict:
     if own_group: dist.destroy_process_group()
     return results
 
+# %% ../nbs/04_train.ipynb #754cc91c
+def _check_run(params, world, local_rank):
+    "Before anything is read: a GPU per process, CUDA for sync_bn, tensorboard if asked, a global batch that divides."
+    if params['device'] == 'cuda': check_local_gpu(local_rank)
+    if params['sync_bn'] and world > 1 and params['device'] != 'cuda':
+        raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs): pass sync_bn=False on the CPU")
+    if params['tensorboard']: check_tensorboard()
+    if params['batch_size'] % (world * params['grad_accum']):
+        raise ValueError(f"batch_size {params['batch_size']} does not divide over {world} process(es) x "
+                         f"{params['grad_accum']} micro-batch(es): use a multiple of {world * params['grad_accum']} "
+                         f"(it is the global batch)")
+
+# %% ../nbs/04_train.ipynb #88cdf20a
 def _build_model(params, data, rank, world):
     "Seeded initialisation; rank 0 reads (or downloads) pretrained weights before the other processes."
     random.seed(params['seed'])
@@ -605,15 +480,6 @@ train.__signature__ = inspect.Signature([inspect.Parameter(f.name, inspect.Param
                                          for f in fields(Params)], return_annotation=dict)
 
 # %% ../nbs/04_train.ipynb #257aad87
-USER_ERRORS = (*USER_MISTAKES, FloatingPointError, torch.OutOfMemoryError)   # a run's mistakes, reported in one line
-
-def user_error(e: BaseException) -> str:
-    "The `error: ...` line that reports `e` (one of `USER_ERRORS`), naming the process under torchrun."
-    rank, world, _ = dist_env()
-    hint = ' (lower batch_size, or use grad_accum or amp)' if isinstance(e, torch.OutOfMemoryError) else ''
-    where = f'rank {rank} of {world}: ' if world > 1 else ''
-    return f"error: {where}{error_line(e)}{hint}"
-
 def main(argv=None):
     "Entry point of `python -m ala_paper.train` / `ala-train` / torchrun."
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # for the processes this one starts
@@ -635,39 +501,3 @@ def main(argv=None):
 # %% ../nbs/04_train.ipynb #e2a1c4d1
 #| eval: false
 if __name__ == '__main__': main()
-
-# %% ../nbs/04_train.ipynb #22b93aa2
-def cli_args(**kw) -> list:
-    "Command-line options of `python -m ala_paper.train` for the `train()` keyword arguments `kw` (None: left out)."
-    args = []
-    check_names(kw, PARAM_NAMES)
-    for name, value in kw.items():
-        if value is None: continue
-        if isinstance(value, (list, tuple)): value = ','.join(map(str, value))
-        elif isinstance(value, dict): value = json.dumps(value)
-        args += [f'--{name}', str(value)]
-    return args
-
-def check_nproc(nproc) -> int:
-    "`nproc` (training processes, one per GPU) if it is an integer >= 1, else a one-line ValueError."
-    if not _int_like(nproc) or nproc < 1:
-        raise ValueError(f"nproc must be an integer >= 1 (training processes, one per GPU), got {nproc!r}")
-    return int(nproc)
-
-def run_torchrun(nproc: int, **kw) -> dict:
-    "Run `train(**kw)` in `nproc` processes under torchrun (DDP); return the results rank 0 wrote."
-    nproc = check_nproc(nproc)
-    params = resolve_params(**kw)                      # the same errors as train(), before any process starts
-    kw['out_dir'] = params['out_dir']
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m',
-           'ala_paper.train', *cli_args(**kw)]
-    errors, last = [], ''
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        for line in proc.stdout:               # stream the processes' output into this one's (a notebook cell)
-            if line.startswith('error: '): errors.append(line.strip()[len('error: '):])
-            elif line.strip(): last = line.strip()
-            print(line, end='', flush=True)
-    if proc.returncode != 0:
-        if errors: raise ValueError(errors[0])
-        raise RuntimeError(f"torchrun failed with status {proc.returncode}: {last}")
-    return json.loads((Path(params['out_dir']) / RESULTS).read_text())

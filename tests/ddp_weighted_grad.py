@@ -31,19 +31,19 @@ class _Probed(Exception): "Raised by the probe after recording: ends the epoch b
 
 def engine_step_grads(dev, rank, world):
     "Gradients after the engine's `_step` on this rank's half of BATCH (DDP), and plain PyTorch on all of it."
-    from ala_paper.train import Run, _step
+    from ala_paper.train import EpochTotals, Run, _step
     net = model().to(dev)
     ddp = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == 'cuda' else None)
-    crit = make_loss('ce', COUNTS, weight=WEIGHT).to(dev)
+    loss_fn = make_loss('ce', COUNTS, weight=WEIGHT).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    run = Run(params={}, data=None, model=ddp, raw=net, crit=crit, opt=opt,
+    run = Run(params={}, data=None, model=ddp, plain_model=net, loss_fn=loss_fn, opt=opt,
               sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), scaler=None, batches=None, dev=dev,
               rank=rank, world=world)
     part = slice(4 * rank, 4 * rank + 4)
     _step(run, [(BATCH['x'][part].to(dev), BATCH['y'][part].to(dev))], lambda x: x,
-          torch.zeros(3, dtype=torch.float64, device=dev))
+          EpochTotals(loss_fn, COUNTS, dev))
     ref = model().to(dev)                     # the definition: the weighted mean over the whole global batch
-    crit(ref(BATCH['x'].to(dev)), BATCH['y'].to(dev)).backward()
+    loss_fn(ref(BATCH['x'].to(dev)), BATCH['y'].to(dev)).backward()
     return ({n: p.grad.cpu() for n, p in net.named_parameters()}, {n: p.grad.cpu() for n, p in ref.named_parameters()})
 
 
@@ -51,7 +51,8 @@ def engine_run(dev, out_dir, rank=0, world=1, **kw):
     "The engine's `Run` on synthetic-lt (resnet8, CE), made by `setup` as `train()` makes it."
     from ala_paper.data import load_dataset
     from ala_paper.models import build_model
-    from ala_paper.train import resolve_params, setup
+    from ala_paper.engine import resolve_params
+    from ala_paper.train import setup
     params = resolve_params(dataset='synthetic-lt', device=dev.type, epochs=1, batch_size=64, out_dir=out_dir,
                             verbose=False, progress=False, **kw)
     data = load_dataset('synthetic-lt', params['data_root'], seed=params['data_seed'])
@@ -79,7 +80,7 @@ def engine_augmentation(dev, rank, world):
 
 
 def engine(kind, out):
-    from ala_paper.train import dist_env
+    from ala_paper.engine import dist_env
     rank, world, local = dist_env()
     if kind == 'cuda':
         gpus = torch.cuda.device_count()

@@ -22,7 +22,9 @@ from ala_paper.models import build_model
 from ala_paper.core import atomic_write_json, git_commit, project_root
 from ala_paper.models import no_tf32
 from ala_paper.benchmarks import _photo_tree, loader_benchmark
-from ala_paper.train import _step, auto_amp, layout_gradient_error, train
+from ala_paper.benchmarks import layout_gradient_error
+from ala_paper.engine import auto_amp
+from ala_paper.train import EpochTotals, _step, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_weighted_grad import engine_run            # noqa: E402  (the engine's Run on synthetic-lt, as train() makes it)
@@ -162,17 +164,17 @@ def engine_fp16_step(dev, quick):
         assert run.scaler is not None and run.amp_dtype == torch.float16, (run.scaler, run.amp_dtype)
         x = torch.from_numpy(run.data.train.data[:64]).permute(0, 3, 1, 2).to(dev)
         y = torch.from_numpy(run.data.train.targets[:64]).to(dev)
-        prep, sums = run.data.pipeline.train_batch, torch.zeros(3, dtype=torch.float64, device=dev)
-        params = lambda: [p.detach().clone() for p in run.raw.parameters()]
+        prep, totals = run.data.pipeline.train_batch, EpochTotals(run.loss_fn, run.data.class_counts, dev)
+        params = lambda: [p.detach().clone() for p in run.plain_model.parameters()]
         before = params()
         for finite_steps in range(1, 6):       # the first scale (2^16) may overflow: that step is skipped, the next not
-            _step(run, [(x, y)], prep, sums)
-            moved = sum(not torch.equal(a, b) for a, b in zip(before, run.raw.parameters()))
+            _step(run, [(x, y)], prep, totals)
+            moved = sum(not torch.equal(a, b) for a, b in zip(before, run.plain_model.parameters()))
             if moved: break
         run.scaler.update(new_scale=2.0 ** 100)   # an overflow in the fp16 backward (the loss rejects inf logits)
         before, scale = params(), run.scaler.get_scale()
-        _step(run, [(x, y)], prep, sums)
-        unchanged = all(torch.equal(a, b) for a, b in zip(before, run.raw.parameters()))
+        _step(run, [(x, y)], prep, totals)
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, run.plain_model.parameters()))
         out = dict(finite_steps=finite_steps, tensors_moved_by_finite_step=moved, scale_before_overflow=scale,
                    scale_after_overflow=run.scaler.get_scale(), unchanged_after_overflow=unchanged)
         assert moved > 0 and unchanged and out['scale_after_overflow'] == scale / 2, out

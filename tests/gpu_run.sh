@@ -83,7 +83,7 @@ import hashlib, json, os, shutil, signal, subprocess, sys, tarfile, time
 from pathlib import Path
 from ala_paper.core import atomic_write_json, git_commit
 from ala_paper.sweep import plan
-from ala_paper.train import cli_args
+from ala_paper.cli import cli_args
 
 dest, jobs, smoke, data_root, epochs, seeds = (Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4],
                                               sys.argv[5], sys.argv[6:])

@@ -57,7 +57,7 @@ def test_cosine_head_under_either_tf32_api(user_sets):
     code = f"""
 import torch
 from ala_paper.models import CosineClassifier
-from ala_paper.train import layout_gradient_error
+from ala_paper.benchmarks import layout_gradient_error
 {user_sets}
 before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
 with torch.autocast('cpu', dtype=torch.bfloat16):

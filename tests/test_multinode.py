@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from ala_paper.train import cli_args, run_torchrun
+from ala_paper.cli import cli_args, run_torchrun
 from test_sweep_jobs import computed
 
 def free_port() -> int:

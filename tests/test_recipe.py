@@ -25,6 +25,6 @@ def test_recipe_users_do_not_import_the_engine(module, loaded):
 def test_the_engine_resolves_the_recipe_and_the_cpu_like_the_sweep():
     "`train.resolve_params(device='cpu')` is the recipe's `resolve_on_cpu`: the sweep recognises the runs train makes."
     from ala_paper.recipe import resolve_on_cpu
-    from ala_paper.train import resolve_params
+    from ala_paper.engine import resolve_params
     for kw in (dict(), dict(dataset='imagenet-lt', loss='ce'), dict(dataset='cifar10-lt', amp='bf16', channels_last=True)):
         assert resolve_params(device='cpu', **kw) == resolve_on_cpu(**kw)

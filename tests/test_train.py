@@ -8,7 +8,8 @@ import torch
 
 from ala_paper.fixtures import fixture_counts, make_inat_tree, make_split_list_tree
 from ala_paper.core import CHECKPOINT, project_root
-from ala_paper.train import resolve_params, train
+from ala_paper.engine import resolve_params
+from ala_paper.train import train
 
 ROOT = project_root()
 ENV = {**os.environ, 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'), 'PYTHONUNBUFFERED': '1'}
@@ -91,7 +92,7 @@ def test_papermill_mistakes_end_in_one_line(tmp_path):
 
 def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
     "run_torchrun (what train.ipynb does for nproc > 1) = `python -m torch.distributed.run --nproc_per_node 2 -m ala_paper.train ...`."
-    from ala_paper.train import run_torchrun
+    from ala_paper.cli import run_torchrun
     out = tmp_path / 'ddp'
     ret = run_torchrun(2, epochs=2, out_dir=out, verbose=False)
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json', 'test_logits.npy']
@@ -151,14 +152,14 @@ def test_unexpected_error_on_a_rank_ends_in_one_line(tmp_path, failing):
 
 
 def test_local_rank_beyond_the_gpus_is_one_clear_error(monkeypatch):
-    from ala_paper.train import check_local_gpu
+    from ala_paper.engine import check_local_gpu
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
     check_local_gpu(0)
     with pytest.raises(ValueError, match=r'LOCAL_RANK 1 but torch sees 1 GPU\(s\) on this machine: start at most 1'):
         check_local_gpu(1)
 
 def test_torchrun_global_batch_must_divide(tmp_path):
-    from ala_paper.train import run_torchrun
+    from ala_paper.cli import run_torchrun
     with pytest.raises(ValueError, match="batch_size 127 does not divide over 2 process"):
         run_torchrun(2, epochs=1, batch_size=127, out_dir=tmp_path / 'run', verbose=False)
     assert not (tmp_path / 'run').exists()
@@ -166,7 +167,7 @@ def test_torchrun_global_batch_must_divide(tmp_path):
 
 def test_resume_under_another_number_of_processes(tmp_path):
     "Checkpointed by 2 gloo processes, resumed by one: it finishes, and says that the resume is not exact."
-    from ala_paper.train import run_torchrun
+    from ala_paper.cli import run_torchrun
     run_torchrun(2, epochs=1, out_dir=tmp_path, verbose=False)
     r = cli('--epochs', '2', '--out_dir', tmp_path, '--resume')
     assert r.returncode == 0, r.stderr[-2000:]

@@ -24,7 +24,8 @@ from ala_paper.data import load_dataset
 from ala_paper.transforms import random_crop_flip
 from ala_paper.fixtures import make_cifar_pickles
 from ala_paper.losses import class_balanced_weights, make_loss
-from ala_paper.train import _build_model, _step, resolve_params, setup
+from ala_paper.engine import resolve_params
+from ala_paper.train import EpochTotals, _build_model, _step, setup
 
 
 class TheirBlock(nn.Module):
@@ -130,12 +131,12 @@ def test_our_step_is_their_step_in_float64(cifar, tmp_path, loss, channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert run.model.backbone.stem[0].weight.is_contiguous(memory_format=layout)
     theirs.train()
-    sums = torch.zeros(3, dtype=torch.float64)
+    totals = EpochTotals(run.loss_fn, data.class_counts, 'cpu')
     for k, (x, y) in enumerate(batches(data, steps, 32)):
         weight = class_balanced_weights(data.class_counts).float() if k >= drw_from else None   # DRW halfway
-        run.crit.weight = weight
+        run.loss_fn.weight = weight
         for group in opt.param_groups: group['lr'] = run.opt.param_groups[-1]['lr']
-        ours_loss = _step(run, [(x, y)], lambda t: t.contiguous(memory_format=layout), sums)
+        ours_loss = _step(run, [(x, y)], lambda t: t.contiguous(memory_format=layout), totals)
         out = theirs(x)
         w = None if weight is None else weight.to(out.dtype)
         their_loss = their_ldam(out, y, data.class_counts, w, margin_dtype=out.dtype) if loss == 'ldam' else \
@@ -165,6 +166,6 @@ def test_the_check_sees_a_difference(cifar, tmp_path):
     theirs = copy_ours_to_theirs(model, Theirs(32, 10).double(), 32).train()
     run = setup(params, data, make_loss('ldam', data.class_counts), model)
     x, y = next(batches(data, 1, 32))
-    ours_loss = _step(run, [(x, y)], lambda t: t, torch.zeros(3, dtype=torch.float64))
+    ours_loss = _step(run, [(x, y)], lambda t: t, EpochTotals(run.loss_fn, data.class_counts, 'cpu'))
     assert not math.isclose(ours_loss.item(), their_ldam(theirs(x), y, data.class_counts, max_m=0.4, margin_dtype=torch.float64).item(),
                             rel_tol=1e-6)
