@@ -4,12 +4,12 @@
 
 # %% ../nbs/09_evaluate.ipynb #c8f9df99
 from __future__ import annotations
-import argparse, hashlib, json, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 import torch
 
-from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, folder_for
+from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, file_sha256, folder_for
 from .checkpoints import load_checkpoint
 from .data import DATASETS, load_dataset
 from .models import build_model
@@ -19,13 +19,6 @@ from .train import Run, evaluate, write_results
 
 # %% auto #0
 __all__ = ['read_checkpoint', 'evaluate_checkpoint', 'cli_parser', 'main']
-
-# %% ../nbs/09_evaluate.ipynb #a8ccaac5
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
 
 # %% ../nbs/09_evaluate.ipynb #18313d52
 def read_checkpoint(path) -> dict:
@@ -47,7 +40,7 @@ def read_checkpoint(path) -> dict:
         raise ValueError(f"{path} holds a {type(ck).__name__}, not a run's checkpoint (a dict with 'model' and "
                          f"'params', or a state_dict beside its {RESULTS})")
     history = (results or {}).get('history') or history or []   # results.json's has the final per-epoch seconds
-    return dict(model=model, params=with_absent(params), results=results, path=path.resolve(), sha256=_sha256(path),
+    return dict(model=model, params=with_absent(params), results=results, path=path.resolve(), sha256=file_sha256(path),
                 epoch=epoch, history=list(history))
 
 # %% ../nbs/09_evaluate.ipynb #92d58ebd

@@ -18,10 +18,11 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from .core import CHECKPOINT, RESULTS, USER_MISTAKES, atomic_write_json, error_line, known
+from .core import CHECKPOINT, RESULTS, USER_MISTAKES, WEIGHTS, atomic_write_json, error_line, known
 from .batches import make_batches, seed_of
 from .board import board_epoch, board_final, check_tensorboard, open_board
-from .checkpoints import atomic_save, get_rng_state, in_todays_groups, resume_checkpoint, set_rng_state
+from .checkpoints import (atomic_save, get_rng_state, in_todays_groups, resume_checkpoint, save_weights,
+                                   set_rng_state)
 from .data import ArrayBatches, load_dataset
 from .engine import (amp_applied, autocast, check_local_gpu, dist_env, gather_objects, machine_env,
                               reduce_sum, resolve_params)
@@ -385,8 +386,8 @@ def bn_batch(params, world: int) -> dict:
     return dict(per_process=micro, sync_bn=synced, statistics_over=micro * world if synced else micro)
 
 # %% ../nbs/04_train.ipynb #9f3c3e99
-def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
-    "results.json (rank 0, atomically): the contract of DESIGN.md, the post-hoc adjusted accuracies, the logits file."
+def write_results(run: Run, evaluation: dict, t_start: float, weights: dict | None = None) -> dict:
+    "results.json (rank 0, atomically): the run's contract, post-hoc adjusted accuracies, the logits and weights files."
     params, data = run.params, run.data
     acc = per_class_accuracy(evaluation['preds'], evaluation['targets'], data.num_classes)
     adjusted_acc = per_class_accuracy(evaluation['adjusted_preds'], evaluation['targets'], data.num_classes)
@@ -399,7 +400,7 @@ def write_results(run: Run, evaluation: dict, t_start: float) -> dict:
                    posthoc_logit_adjust=dict(tau=1.0, per_class_acc=[known(a) for a in adjusted_acc.tolist()],
                                              top1=group_accuracy(adjusted_acc, data.class_counts)),
                    test_logits=dict(file='test_logits.npy', dtype='float16', scaled_by=evaluation['scale']),
-                   test_targets=evaluation['targets'].tolist(),
+                   test_targets=evaluation['targets'].tolist(), **({'weights': weights} if weights else {}),
                    true_class_prob=[round(v, 4) for v in evaluation['probs'].tolist()],
                    seconds=time.time() - t_start, train_seconds=train_seconds,
                    images_per_second=sum(h['images'] for h in run.history) / max(train_seconds, 1e-9),
@@ -438,7 +439,8 @@ def train(**kwargs) -> dict:
         _prepare_out_dir(run)
         run_epochs(run)
         evaluation = evaluate(run)
-        results = write_results(run, evaluation, t_start) if rank == 0 else None
+        if rank == 0: results = write_results(run, evaluation, t_start, save_weights(run.plain_model, run.out / WEIGHTS))
+        else: results = None
     except Exception as e:   # no destroy_process_group here: the other processes may be waiting in a collective
         if 'Original Traceback' in str(e):   # a DataLoader worker's error: its own message, in one line
             raise (ValueError if isinstance(e, ValueError) else RuntimeError)(error_line(e)) from None

@@ -30,12 +30,23 @@ def test_evaluate_reproduces_the_run_exactly(run_dir, tmp_path):
     assert (tmp_path / 'eval' / 'test_logits.npy').read_bytes() == (run_dir / 'test_logits.npy').read_bytes()
 
 
-def test_weights_only_file_uses_results_json_beside_it(run_dir, tmp_path):
-    torch.save(read_checkpoint(run_dir)['model'], tmp_path / 'weights.pt')
-    with pytest.raises(ValueError, match='holds weights only'): read_checkpoint(tmp_path / 'weights.pt')
-    (tmp_path / RESULTS).write_text((run_dir / RESULTS).read_text())
-    res = evaluate_checkpoint(tmp_path / 'weights.pt', out=tmp_path / 'eval', device='cpu', verbose=False)
-    assert res['top1'] == json.loads((run_dir / RESULTS).read_text())['top1']
+def test_the_kept_weights_reproduce_the_run_and_enter_the_zoo(run_dir, tmp_path):
+    "train() keeps weights.pt (its SHA-256 in results.json); evaluated alone they give the run's numbers; the zoo lists it."
+    import shutil
+    from ala_paper.core import file_sha256
+    from ala_paper.zoo import zoo_table
+    trained = json.loads((run_dir / RESULTS).read_text())
+    assert trained['weights'] == dict(file='weights.pt', bytes=(run_dir / 'weights.pt').stat().st_size,
+                                      sha256=file_sha256(run_dir / 'weights.pt'))
+    with pytest.raises(ValueError, match='holds weights only'):          # weights alone carry no recipe
+        shutil.copy(run_dir / 'weights.pt', tmp_path / 'alone.pt'); read_checkpoint(tmp_path / 'alone.pt')
+    zoo = tmp_path / 'zoo' / 'run'
+    shutil.copytree(run_dir, zoo, ignore=shutil.ignore_patterns('evaluated*', CHECKPOINT))
+    again = evaluate_checkpoint(zoo / 'weights.pt', out=tmp_path / 'eval', device='cpu', verbose=False)
+    for key in ('top1', 'per_class_acc', 'posthoc_logit_adjust', 'true_class_prob'): assert again[key] == trained[key], key
+    assert list(zoo_table(tmp_path / 'zoo').weights) == ['kept']
+    data = bytearray((zoo / 'weights.pt').read_bytes()); data[-100] ^= 1; (zoo / 'weights.pt').write_bytes(bytes(data))
+    assert list(zoo_table(tmp_path / 'zoo').weights) == ['changed']
 
 
 def _cli(*args, cwd):

@@ -95,7 +95,7 @@ def test_torchrun_two_gloo_processes_write_one_result(tmp_path):
     from ala_paper.cli import run_torchrun
     out = tmp_path / 'ddp'
     ret = run_torchrun(2, epochs=2, out_dir=out, verbose=False)
-    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json', 'test_logits.npy']
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT, 'results.json', 'test_logits.npy', 'weights.pt']
     assert ret == results(out)
     res = results(out)
     check_results(res, 2)
