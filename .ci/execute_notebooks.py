@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["index.ipynb", "00_losses.ipynb", "01_models.ipynb", "02_data.ipynb", "02b_fixtures.ipynb",
              "02c_transforms.ipynb", "02d_synthetic.ipynb", "03_metrics.ipynb", "03c_recipe.ipynb",
-             "03d_checkpoints.ipynb", "03e_batches.ipynb", "04_train.ipynb", "04b_benchmarks.ipynb",
+             "03d_checkpoints.ipynb", "03e_batches.ipynb", "03f_engine.ipynb", "03g_cli.ipynb", "03h_board.ipynb",
+             "04_train.ipynb", "04b_benchmarks.ipynb",
              "07_upstream.ipynb", "08_analysis.ipynb", "09_evaluate.ipynb", "09b_zoo.ipynb"]
 KEY = "executed"   # notebook metadata key; settings.ini's allowed_metadata_keys keeps it
 COMMAND = "python .ci/execute_notebooks.py"
